@@ -1,0 +1,108 @@
+# sockrun -- a Lua-scriptable socket runtime over libuv.
+# `make` builds build/sockrun (the runner, Lua side built in) and
+# build/sockrun/core.so (the C module for stock lua5.4).
+
+# == Settings =================================================================
+PREFIX ?= /usr/local
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+LUA ?= lua5.4
+BUSTED ?= busted
+BUILD ?= build
+
+PKGS = lua5.4 libuv
+DEPS_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+LIBUV_LIBS := $(shell $(PKG_CONFIG) --libs libuv 2>/dev/null)
+LUA_LIBS := $(shell $(PKG_CONFIG) --libs lua5.4 2>/dev/null)
+
+OPT ?= -O2 -g
+WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
+CFLAGS ?= $(OPT)
+ALL_CFLAGS = -std=gnu11 $(WARN) -fPIC -fvisibility=hidden $(DEPS_CFLAGS) $(CFLAGS) $(SAN)
+LDFLAGS ?=
+
+LUA_V = 5.4
+BINDIR = $(PREFIX)/bin
+CMODDIR = $(PREFIX)/lib/lua/$(LUA_V)
+LMODDIR = $(PREFIX)/share/lua/$(LUA_V)
+
+# == Files ====================================================================
+CORE_SRC = src/util.c src/loop.c src/task.c src/socket.c src/stream.c \
+           src/dgram.c src/dns.c src/signal.c
+CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
+LUA_SRC = lua/sockrun.lua
+EXAMPLES = $(wildcard examples/*.lua)
+
+# == Targets ==================================================================
+.PHONY: all test sanitize run install uninstall clean deps bench format
+
+all: $(BUILD)/sockrun $(BUILD)/lua/sockrun/core.so
+
+$(BUILD)/obj/%.o: src/%.c src/internal.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+# The module exports luaopen_sockrun_core only (-fvisibility=hidden);
+# liblua is not linked: symbols come from the interpreter that loads it.
+$(BUILD)/lua/sockrun/core.so: $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(SAN) $(LDFLAGS) -o $@ $(CORE_OBJ) $(LIBUV_LIBS)
+
+# The Lua side, compiled into the binary as C arrays.
+$(BUILD)/embed.c: $(LUA_SRC) tools/embed.lua
+	@mkdir -p $(dir $@)
+	$(LUA) tools/embed.lua $@ $(LUA_SRC)
+
+$(BUILD)/obj/embed.o: $(BUILD)/embed.c
+	$(CC) $(ALL_CFLAGS) -Wno-overlength-strings -c $< -o $@
+
+$(BUILD)/obj/main.o: src/main.c src/internal.h
+
+$(BUILD)/sockrun: $(CORE_OBJ) $(BUILD)/obj/main.o $(BUILD)/obj/embed.o
+	$(CC) $(SAN) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(LIBUV_LIBS) -lm
+
+# Install missing Debian packages (as root), build, start the echo server.
+deps:
+	@sh tools/deps.sh
+
+run: deps all
+	$(BUILD)/sockrun examples/echo_server.lua
+
+test: all
+	LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/spec/?.lua;;" \
+	LUA_CPATH="$(CURDIR)/$(BUILD)/lua/?.so;;" \
+	SOCKRUN="$(CURDIR)/$(BUILD)/sockrun" \
+	$(LUA) $$(command -v $(BUSTED)) --output=spec/summary.lua spec
+
+# The same specs with AddressSanitizer and UndefinedBehaviorSanitizer,
+# leak detection on. The module runs inside stock lua5.4, so the ASan
+# runtime is preloaded.
+SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=undefined
+sanitize:
+	$(MAKE) BUILD=build-san SAN="$(SAN_FLAGS)" OPT="-O1 -g" all
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=23 \
+	LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp:print_suppressions=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/spec/?.lua;;" \
+	LUA_CPATH="$(CURDIR)/build-san/lua/?.so;;" \
+	SOCKRUN="$(CURDIR)/build-san/sockrun" \
+	$(LUA) $$(command -v $(BUSTED)) --output=spec/summary.lua spec
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(CMODDIR)/sockrun $(DESTDIR)$(LMODDIR)
+	install -m 755 $(BUILD)/sockrun $(DESTDIR)$(BINDIR)/sockrun
+	install -m 755 $(BUILD)/lua/sockrun/core.so $(DESTDIR)$(CMODDIR)/sockrun/core.so
+	install -m 644 lua/sockrun.lua $(DESTDIR)$(LMODDIR)/sockrun.lua
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/sockrun $(DESTDIR)$(CMODDIR)/sockrun/core.so \
+	      $(DESTDIR)$(LMODDIR)/sockrun.lua
+	-rmdir $(DESTDIR)$(CMODDIR)/sockrun 2>/dev/null
+
+format:
+	clang-format -i src/*.c src/*.h
+
+clean:
+	rm -rf build build-san

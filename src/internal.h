@@ -1,0 +1,200 @@
+/*
+** internal.h -- what the C files of sockrun.core share.
+** Nothing here is public API: the only exported symbol of the module is
+** luaopen_sockrun_core.
+*/
+
+#ifndef SOCKRUN_INTERNAL_H
+#define SOCKRUN_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <uv.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#define SR_VERSION "0.1.0"
+
+#define SR_SOCKET_MT "sockrun.socket"
+#define SR_TASK_MT "sockrun.task"
+
+/* A socket's write queue above this many bytes makes write() wait. */
+#define SR_WRITE_HIGH_WATER (1024 * 1024)
+/* Reading goes on in the background until this many bytes are unread. */
+#define SR_READ_HIGH_WATER (64 * 1024)
+/* Default bound on a line read with "l"/"L" (s:setoption to change). */
+#define SR_DEFAULT_MAXLINE (1024 * 1024)
+/* Size of the loop-wide buffer every stream read lands in first. */
+#define SR_READ_CHUNK (64 * 1024)
+
+typedef struct sr_loop sr_loop;
+typedef struct sr_task sr_task;
+typedef struct sr_socket sr_socket;
+
+/*
+** A task is a coroutine scheduled by sockrun. It waits on one thing at a
+** time, so the timer that bounds a wait (timeouts, sleep) belongs to the
+** task, not to the socket. The loop also has one pseudo-task (co == NULL)
+** standing for code outside any task, which waits by driving the loop.
+*/
+typedef enum {
+  SR_TASK_RUNNING,
+  SR_TASK_WAITING,
+  SR_TASK_DONE,
+  SR_TASK_FAILED,
+  SR_TASK_CANCELLED
+} sr_task_state;
+
+struct sr_task {
+  sr_loop *loop;
+  lua_State *co;         /* the coroutine; NULL for the loop-driving one */
+  int ref;               /* registry ref anchoring the task while alive */
+  sr_task_state state;
+  int wake;              /* why the last wait ended: 0 or a UV_E* code */
+  int woken;             /* pseudo-task: the wait has ended */
+  int nres;              /* results (or error object) on co's stack */
+  /* What the task waits on, and how to take it off that thing's list. */
+  void *wait_on;
+  void (*detach)(sr_task *t);
+  uv_timer_t *timer;     /* lazily allocated; freed in its close callback */
+  uint64_t deadline;     /* loop time (ms) the current operation ends at */
+  int has_deadline;
+  sr_task *joiners;      /* tasks waiting in join() for this one */
+  sr_task *next_joiner;  /* link in the joined task's list */
+};
+
+struct sr_loop {
+  uv_loop_t uv;
+  lua_State *L;        /* main thread; NULL once the state is closing */
+  lua_State *R;        /* the thread that entered uv_run (runs callbacks) */
+  sr_task *current;    /* the task running now, NULL outside tasks */
+  sr_task main;        /* pseudo-task for blocking calls outside tasks */
+  int running;         /* > 0 while inside uv_run */
+  int stopped;         /* sr.stop() was called */
+  int mask_sigpipe;    /* SIGPIPE is at its default: block it in uv_run */
+  int onerror_ref;     /* sr.onerror hook, or LUA_NOREF */
+  void *signals[65];   /* sr.signal handlers by signal number */
+  int nsockets;        /* socket structs not yet freed */
+  int ntasks;          /* tasks started and not finished */
+  char rbuf[SR_READ_CHUNK]; /* every stream read lands here first */
+};
+
+typedef enum { SR_TCP, SR_PIPE, SR_DGRAM } sr_kind;
+
+/*
+** The socket. Its memory is malloc'd and freed only in the handle's close
+** callback; the Lua userdata holds a pointer to it, set to NULL when the
+** script closes the socket (so a closed socket answers EBADF) while libuv
+** may still need the struct until the close callback.
+*/
+struct sr_socket {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+    uv_poll_t poll;   /* datagram sockets: the descriptor is ours */
+  } h;
+  sr_loop *loop;
+  sr_kind kind;
+  int family;         /* AF_INET, AF_INET6, AF_UNIX */
+  int fd;             /* the descriptor (datagram: owned by us) */
+  unsigned closed : 1;      /* close() called: no more Lua operations */
+  unsigned closing : 1;     /* uv_close() called */
+  unsigned listening : 1;
+  unsigned connected : 1;
+  unsigned reading : 1;     /* uv_read_start active */
+  unsigned eof : 1;
+  unsigned shut : 1;        /* shutdown() issued */
+  unsigned nbio_ref : 1;    /* handle currently uv_ref'd */
+  int rerr;           /* sticky read error (UV_E*), reported after data */
+  int werr;           /* sticky write error from a queued write */
+  int accept_status;  /* > 0: a connection is pending; < 0: an error */
+  int connect_status; /* 0 idle, 1 connecting, 2 done: result in cresult */
+  int cresult;
+  int poll_events;    /* datagram: events uv_poll watches */
+  sr_task *reader;    /* the task waiting to read/accept/recv */
+  sr_task *writer;    /* the task waiting to write/connect/send */
+  int nwrites;        /* queued write requests */
+  size_t write_queued; /* bytes in queued write requests (datagrams too) */
+  /* Unread bytes: buf[off .. off+len). NULL while nothing is unread. */
+  char *buf;
+  size_t off, len, cap;
+  size_t scanned;     /* bytes from off known to hold no '\n' */
+  size_t maxline;
+  double timeout[3];  /* connect, read, write; < 0 means none */
+  char *path;         /* unix path we bound, unlinked at close */
+  uv_connect_t creq;
+};
+
+enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };
+
+/* The loop comes to every C function as upvalue 1. */
+#define sr_getloop(L) ((sr_loop *)lua_touserdata((L), lua_upvalueindex(1)))
+
+/* util.c */
+int sr__fail(lua_State *L, int err);
+int sr__fail_msg(lua_State *L, const char *msg, const char *code);
+void sr__setfuncs(lua_State *L, const luaL_Reg *l, sr_loop *lp);
+int sr__check_family(lua_State *L, int arg);
+int sr__check_port(lua_State *L, int arg);
+socklen_t sr__check_inaddr(lua_State *L, int harg, int parg, int family,
+                           struct sockaddr_storage *ss);
+socklen_t sr__check_unaddr(lua_State *L, int arg, struct sockaddr_storage *ss);
+int sr__push_addr(lua_State *L, const struct sockaddr *sa, socklen_t len);
+const char *sr__family_name(int family);
+double sr__opt_seconds(lua_State *L, int arg);
+
+/* loop.c */
+int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode);
+void sr__sigpipe_block(sr_loop *lp, sigset_t *saved);
+void sr__sigpipe_restore(sr_loop *lp, const sigset_t *saved);
+__attribute__((visibility("default"))) int luaopen_sockrun_core(lua_State *L);
+
+/* task.c */
+sr_task *sr__self(lua_State *L, sr_loop *lp);
+int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
+             lua_KContext ctx, lua_KFunction k);
+void sr__wake(sr_task *t, int status);
+int sr__timedout(sr_task *t);
+void sr__report(sr_loop *lp, lua_State *R, int tidx);
+void sr__task_open(lua_State *L, sr_loop *lp);
+int sr__spawn(lua_State *L);
+
+/* socket.c */
+sr_socket *sr__check_socket(lua_State *L, int arg);
+sr_socket *sr__to_socket(lua_State *L, int arg);
+sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind,
+                          int family);
+void sr__socket_close(sr_socket *s);
+int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
+                    int fresh, lua_KContext ctx, lua_KFunction k);
+void sr__socket_wake(sr_task **slot, int status);
+void sr__socket_update_ref(sr_socket *s);
+void sr__socket_open(lua_State *L, sr_loop *lp);
+void sr__socket_finish_close(sr_socket *s);
+void sr__socket_close_cb(uv_handle_t *h);
+
+/* stream.c */
+void sr__stream_start(sr_socket *s);
+void sr__stream_release(sr_socket *s);
+int sr__stream_read(lua_State *L);
+int sr__stream_write(lua_State *L);
+int sr__stream_shutdown(lua_State *L);
+
+/* dgram.c */
+int sr__dgram_init(sr_socket *s, int family);
+int sr__dgram_sendto(lua_State *L);
+int sr__dgram_recvfrom(lua_State *L);
+int sr__dgram_read(lua_State *L);
+int sr__dgram_write(lua_State *L);
+
+/* dns.c, signal.c */
+void sr__dns_open(lua_State *L, sr_loop *lp);
+void sr__signal_open(lua_State *L, sr_loop *lp);
+
+#endif

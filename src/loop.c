@@ -1,0 +1,224 @@
+/*
+** loop.c -- the libuv loop behind the module: running it (sr.run, sr.step,
+** sr.stop), exposing it to a host's own main loop (sr.backend_fd,
+** sr.backend_timeout), keeping SIGPIPE away from a host that did not ask
+** for it, and tearing it down when the Lua state closes.
+*/
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/*
+** A write to a peer that went away raises SIGPIPE, whose default action
+** kills the process. The binary ignores SIGPIPE; a host application keeps
+** its own disposition, so when it is the default we block the signal
+** around our writes and swallow one we caused.
+*/
+void sr__sigpipe_block(sr_loop *lp, sigset_t *saved) {
+  sigset_t set;
+  if (!lp->mask_sigpipe) return;
+  sigemptyset(&set);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &set, saved);
+}
+
+void sr__sigpipe_restore(sr_loop *lp, const sigset_t *saved) {
+  sigset_t pending, set;
+  if (!lp->mask_sigpipe) return;
+  if (sigismember(saved, SIGPIPE)) return; /* the host blocks it itself */
+  sigpending(&pending);
+  if (sigismember(&pending, SIGPIPE)) {
+    struct timespec zero = {0, 0};
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigtimedwait(&set, NULL, &zero);
+  }
+  pthread_sigmask(SIG_SETMASK, saved, NULL);
+}
+
+/* Every uv_run goes through here: the depth count is how sr__self knows
+** that a blocking call must not drive the loop again. */
+int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode) {
+  sigset_t saved;
+  int alive;
+  (void)L;
+  sr__sigpipe_block(lp, &saved);
+  lp->running++;
+  alive = uv_run(&lp->uv, mode);
+  lp->running--;
+  sr__sigpipe_restore(lp, &saved);
+  return alive;
+}
+
+static void sr_check_can_run(lua_State *L, sr_loop *lp, const char *what) {
+  if (lp->running > 0 || lp->current != NULL)
+    luaL_error(L, "%s cannot be called from inside a task or callback "
+                  "(the loop is already running)", what);
+}
+
+/* sr.run([fn, ...]): spawn fn if given, then run until no work is left or
+** sr.stop(). */
+static int sr_run(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  sr_check_can_run(L, lp, "sr.run");
+  if (!lua_isnoneornil(L, 1)) {
+    lua_pushlightuserdata(L, lp);
+    lua_pushcclosure(L, sr__spawn, 1);
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 0);
+  }
+  lp->stopped = 0;
+  while (!lp->stopped && sr__run(lp, L, UV_RUN_DEFAULT) != 0) {
+  }
+  lp->stopped = 0;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int sr_step(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  sr_check_can_run(L, lp, "sr.step");
+  lua_pushboolean(L, sr__run(lp, L, UV_RUN_NOWAIT) != 0);
+  return 1;
+}
+
+static int sr_stop(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  lp->stopped = 1;
+  uv_stop(&lp->uv);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int sr_now(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  if (lp->running == 0) uv_update_time(&lp->uv);
+  lua_pushnumber(L, (lua_Number)uv_now(&lp->uv) / 1000.0);
+  return 1;
+}
+
+static int sr_backend_fd(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  lua_pushinteger(L, uv_backend_fd(&lp->uv));
+  return 1;
+}
+
+static int sr_backend_timeout(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  lua_pushinteger(L, uv_backend_timeout(&lp->uv));
+  return 1;
+}
+
+/* Live sockets and tasks: lets tests check nothing was left behind. */
+static int sr_counts(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  lua_pushinteger(L, lp->nsockets);
+  lua_pushinteger(L, lp->ntasks);
+  return 2;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Teardown, when the Lua state closes (the loop userdata is finalized     */
+/* last, having been created first).                                      */
+
+static void sr_free_close_cb(uv_handle_t *h) { free(h); }
+
+static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (uv_is_closing(h)) return;
+  switch (h->type) {
+    case UV_TCP:
+    case UV_NAMED_PIPE:
+    case UV_POLL: {
+      sr_socket *s = h->data;
+      s->closed = 1;
+      s->closing = 1;
+      uv_close(h, sr__socket_close_cb);
+      if (h->type == UV_POLL) close(s->fd);
+      break;
+    }
+    default: /* task timers and signal watchers: malloc'd, handle first */
+      uv_close(h, sr_free_close_cb);
+      break;
+  }
+}
+
+static int sr_loop_gc(lua_State *L) {
+  sr_loop **ud = lua_touserdata(L, 1);
+  sr_loop *lp = *ud;
+  if (lp == NULL) return 0;
+  *ud = NULL;
+  lp->L = NULL; /* from here on no callback may touch Lua */
+  uv_walk(&lp->uv, sr_teardown_walk_cb, NULL);
+  uv_run(&lp->uv, UV_RUN_DEFAULT);
+  if (uv_loop_close(&lp->uv) == 0) free(lp);
+  /* else a handle we do not know is still open: leak the loop rather than
+  ** free memory libuv still points into */
+  return 0;
+}
+
+static const luaL_Reg sr_loop_funcs[] = {
+    {"run", sr_run},
+    {"step", sr_step},
+    {"stop", sr_stop},
+    {"now", sr_now},
+    {"backend_fd", sr_backend_fd},
+    {"backend_timeout", sr_backend_timeout},
+    {"counts", sr_counts},
+    {NULL, NULL}};
+
+/* The loop of this Lua state: made once, kept in the registry. */
+static sr_loop *sr_loop_get(lua_State *L) {
+  sr_loop **ud, *lp;
+  struct sigaction sa;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "sockrun.loop") == LUA_TUSERDATA) {
+    lp = *(sr_loop **)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return lp;
+  }
+  lua_pop(L, 1);
+  ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = NULL;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, sr_loop_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lp = calloc(1, sizeof *lp);
+  if (lp == NULL) luaL_error(L, "not enough memory");
+  if (uv_loop_init(&lp->uv) < 0) {
+    free(lp);
+    luaL_error(L, "cannot initialise the event loop");
+  }
+  lp->uv.data = lp;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  lp->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  lp->onerror_ref = LUA_NOREF;
+  lp->main.loop = lp;
+  lp->main.ref = LUA_NOREF;
+  lp->main.state = SR_TASK_RUNNING;
+  sigaction(SIGPIPE, NULL, &sa);
+  lp->mask_sigpipe = sa.sa_handler == SIG_DFL;
+  *ud = lp;
+  lua_setfield(L, LUA_REGISTRYINDEX, "sockrun.loop");
+  return lp;
+}
+
+
+int luaopen_sockrun_core(lua_State *L) {
+  sr_loop *lp = sr_loop_get(L);
+  lua_newtable(L);
+  sr__setfuncs(L, sr_loop_funcs, lp);
+  sr__task_open(L, lp);
+  sr__socket_open(L, lp);
+  sr__dns_open(L, lp);
+  sr__signal_open(L, lp);
+  lua_pushliteral(L, SR_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,228 @@
+/*
+** main.c -- the sockrun binary: runs a script (or -e code, or standard
+** input) as the main task of a loop, as lua5.4 runs one, with sockrun and
+** its Lua side built in so it works from any directory.
+*/
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lualib.h"
+
+#include "internal.h"
+
+extern const struct sr_embedded {
+  const char *name, *chunkname, *src;
+  size_t len;
+} sr_embedded[];
+
+static const char *sr_progname = "sockrun";
+
+static void sr_usage(void) {
+  fprintf(stderr,
+          "usage: %s [options] [script [args]]\n"
+          "Available options are:\n"
+          "  -e stat   execute string 'stat'\n"
+          "  -i        enter interactive mode after executing 'script'\n"
+          "  -l mod    require library 'mod' into global 'mod'\n"
+          "  -l g=mod  require library 'mod' into global 'g'\n"
+          "  -v        show version information\n"
+          "  -h        show this help\n"
+          "  --        stop handling options\n"
+          "  -         stop handling options and execute stdin\n",
+          sr_progname);
+}
+
+static int sr_embedded_loader(lua_State *L) {
+  const struct sr_embedded *e = lua_touserdata(L, lua_upvalueindex(1));
+  if (luaL_loadbuffer(L, e->src, e->len, e->chunkname) != LUA_OK)
+    return lua_error(L);
+  lua_pushstring(L, e->name);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* package.preload for sockrun.core and each embedded Lua module. */
+static void sr_preload(lua_State *L) {
+  const struct sr_embedded *e;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_sockrun_core);
+  lua_setfield(L, -2, "sockrun.core");
+  for (e = sr_embedded; e->name != NULL; e++) {
+    lua_pushlightuserdata(L, (void *)e);
+    lua_pushcclosure(L, sr_embedded_loader, 1);
+    lua_setfield(L, -2, e->name);
+  }
+  lua_pop(L, 1);
+}
+
+typedef struct {
+  int argc;
+  char **argv;
+  int script; /* index of the script in argv, or 0 */
+  int stdin_script;
+} sr_args;
+
+/* The main task: -e and -l in order, then the script with its arguments. */
+static int sr_main_body(lua_State *L) {
+  sr_args *a = lua_touserdata(L, lua_upvalueindex(1));
+  int i, n, last = a->script ? a->script : a->argc;
+  for (i = 1; i < last; i++) {
+    const char *opt = a->argv[i];
+    if (strcmp(opt, "-e") == 0 || strcmp(opt, "-l") == 0) {
+      const char *val = a->argv[++i];
+      if (opt[1] == 'e') {
+        if (luaL_loadbuffer(L, val, strlen(val), "=(command line)") != LUA_OK)
+          return lua_error(L);
+        lua_call(L, 0, 0);
+      } else {
+        const char *eq = strchr(val, '=');
+        const char *mod = eq ? eq + 1 : val;
+        lua_getglobal(L, "require");
+        lua_pushstring(L, mod);
+        lua_call(L, 1, 1);
+        if (eq)
+          lua_pushlstring(L, val, (size_t)(eq - val));
+        else
+          lua_pushstring(L, val);
+        lua_insert(L, -2);
+        lua_setglobal(L, lua_tostring(L, -2));
+        lua_pop(L, 1);
+      }
+    }
+  }
+  if (a->script == 0 && !a->stdin_script) return 0;
+  if (luaL_loadfile(L, a->stdin_script ? NULL : a->argv[a->script]) != LUA_OK)
+    return lua_error(L);
+  n = 0;
+  if (a->script)
+    for (i = a->script + 1; i < a->argc; i++, n++)
+      lua_pushstring(L, a->argv[i]);
+  lua_call(L, n, 0);
+  return 0;
+}
+
+/* Global `arg`, as lua5.4 makes it. */
+static void sr_create_arg(lua_State *L, sr_args *a) {
+  int i, base = a->script ? a->script : a->argc;
+  lua_createtable(L, a->argc - base, base + 1);
+  for (i = 0; i < a->argc; i++) {
+    lua_pushstring(L, a->argv[i]);
+    lua_rawseti(L, -2, i - base);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static int sr_collect(int argc, char **argv, sr_args *a, int *interactive,
+                      int *version) {
+  int i;
+  for (i = 1; i < argc; i++) {
+    const char *o = argv[i];
+    if (o[0] != '-') {
+      a->script = i;
+      return 0;
+    }
+    if (strcmp(o, "--") == 0) {
+      if (i + 1 < argc) a->script = i + 1;
+      return 0;
+    }
+    if (strcmp(o, "-") == 0) {
+      a->stdin_script = 1;
+      return 0;
+    }
+    if (strcmp(o, "-e") == 0 || strcmp(o, "-l") == 0) {
+      if (++i >= argc) return -1;
+    } else if (strcmp(o, "-i") == 0) {
+      *interactive = 1;
+    } else if (strcmp(o, "-v") == 0) {
+      *version = 1;
+    } else if (strcmp(o, "-h") == 0 || strcmp(o, "--help") == 0) {
+      return 1;
+    } else {
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Run everything under a protected call: sr = require "sockrun", spawn
+** the main task, run the loop. Returns the exit status. */
+static int sr_pmain(lua_State *L) {
+  sr_args *a = lua_touserdata(L, 1);
+  int failed;
+  luaL_openlibs(L);
+  sr_preload(L);
+  sr_create_arg(L, a);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "sockrun");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "spawn");
+  lua_pushlightuserdata(L, a);
+  lua_pushcclosure(L, sr_main_body, 1);
+  lua_call(L, 1, 1); /* the main task */
+  lua_getfield(L, -2, "run");
+  lua_call(L, 0, 0);
+  lua_getfield(L, -1, "status");
+  lua_pushvalue(L, -2);
+  lua_call(L, 1, 1);
+  failed = strcmp(lua_tostring(L, -1), "failed") == 0;
+  lua_pushboolean(L, failed);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  sr_args a = {argc, argv, 0, 0};
+  int interactive = 0, version = 0, r, status;
+  lua_State *L;
+  if (argv[0] && argv[0][0]) sr_progname = argv[0];
+  r = sr_collect(argc, argv, &a, &interactive, &version);
+  if (r != 0) {
+    sr_usage();
+    return r < 0 ? 1 : 0;
+  }
+  if (version) {
+    printf("sockrun %s (%s, libuv %s)\n", SR_VERSION, LUA_RELEASE,
+           uv_version_string());
+    if (a.script == 0 && !a.stdin_script && !interactive) {
+      int i, only_v = 1;
+      for (i = 1; i < argc; i++)
+        if (strcmp(argv[i], "-v") != 0) only_v = 0;
+      if (only_v) return 0;
+    }
+  }
+  if (a.script == 0 && !a.stdin_script) {
+    int has_e = 0, i;
+    for (i = 1; i < argc; i++)
+      if (strcmp(argv[i], "-e") == 0) has_e = 1;
+    if (!has_e || interactive) {
+      if (isatty(STDIN_FILENO) || interactive) {
+        fprintf(stderr, "%s: the interactive REPL is not built yet; "
+                        "run a script: %s script.lua\n", sr_progname,
+                sr_progname);
+        return 1;
+      }
+      a.stdin_script = 1; /* as lua5.4 does when stdin is not a terminal */
+    }
+  }
+  /* A peer that goes away must not kill the process. */
+  signal(SIGPIPE, SIG_IGN);
+  L = luaL_newstate();
+  if (L == NULL) {
+    fprintf(stderr, "%s: cannot create state: not enough memory\n",
+            sr_progname);
+    return 1;
+  }
+  lua_pushcfunction(L, sr_pmain);
+  lua_pushlightuserdata(L, &a);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    fprintf(stderr, "%s: %s\n", sr_progname, lua_tostring(L, -1));
+    status = 1;
+  } else {
+    status = lua_toboolean(L, -1) ? 1 : 0;
+  }
+  lua_close(L);
+  return status;
+}

@@ -1,0 +1,735 @@
+/*
+** socket.c -- the socket object: creation over libuv handles, lifetime
+** (close, __gc, __close), waiting on a socket, options, bind, listen,
+** accept, connect, addresses, timeouts and tostring.
+*/
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/*
+** Lifetime. The userdata holds a pointer to a malloc'd sr_socket (libuv
+** needs the handle memory until the close callback, which may come after
+** the userdata is collected). Closing sets that pointer to NULL first, so
+** every later call on the object sees a closed socket (EBADF).
+*/
+void sr__socket_close_cb(uv_handle_t *h) {
+  sr_socket *s = h->data;
+  s->loop->nsockets--;
+  free(s->buf);
+  free(s->path);
+  free(s);
+}
+
+/* A handle is referenced (keeps the loop alive) only while a task waits
+** on it or writes are queued: an idle socket nobody waits on does not keep
+** a script from ending. */
+void sr__socket_update_ref(sr_socket *s) {
+  int want = !s->closing &&
+             (s->reader != NULL || s->writer != NULL || s->nwrites > 0);
+  if (want == (int)s->nbio_ref) return;
+  if (want)
+    uv_ref(&s->h.handle);
+  else
+    uv_unref(&s->h.handle);
+  s->nbio_ref = (unsigned)want;
+}
+
+/* Start closing the handle. Called once the Lua side is done with it; data
+** still queued for writing is flushed first (stream.c closes after). */
+static void sr_socket_uv_close(sr_socket *s) {
+  if (s->closing) return;
+  s->closing = 1;
+  if (s->path != NULL && s->listening) unlink(s->path);
+  if (s->kind == SR_DGRAM) {
+    uv_poll_stop(&s->h.poll);
+    uv_close(&s->h.handle, sr__socket_close_cb);
+    close(s->fd); /* uv_poll does not own the descriptor */
+    return;
+  }
+  uv_close(&s->h.handle, sr__socket_close_cb);
+}
+
+void sr__socket_close(sr_socket *s) {
+  if (s->closed) return;
+  s->closed = 1;
+  /* Wake waiters exactly once; their retry finds the socket closed. */
+  sr__socket_wake(&s->reader, UV_EBADF);
+  sr__socket_wake(&s->writer, UV_EBADF);
+  if (s->kind != SR_DGRAM) sr__stream_release(s);
+  if (s->kind != SR_DGRAM && s->nwrites > 0 && s->werr == 0) {
+    sr__socket_update_ref(s); /* the flush keeps the loop alive */
+    return;
+  }
+  sr_socket_uv_close(s);
+}
+
+/* Called by stream.c when the last queued write of a closed socket ends. */
+void sr__socket_finish_close(sr_socket *s) {
+  if (s->closed) sr_socket_uv_close(s);
+}
+
+sr_socket *sr__to_socket(lua_State *L, int arg) {
+  sr_socket **ud = luaL_checkudata(L, arg, SR_SOCKET_MT);
+  return *ud;
+}
+
+/* The socket at arg, or NULL after pushing nil, "socket is closed". */
+sr_socket *sr__check_socket(lua_State *L, int arg) {
+  sr_socket *s = sr__to_socket(L, arg);
+  if (s == NULL) sr__fail(L, UV_EBADF);
+  return s;
+}
+
+static void sr_socket_detach(sr_task *t) {
+  sr_socket *s = t->wait_on;
+  if (s->reader == t) s->reader = NULL;
+  if (s->writer == t) s->writer = NULL;
+  sr__socket_update_ref(s);
+}
+
+/* Make the running context wait on s in the given slot (reader/writer),
+** bounded by the socket's timeout of that kind. One task per slot: a
+** second reader would get bytes meant for the first, so it is refused. */
+int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
+                    int fresh, lua_KContext ctx, lua_KFunction k) {
+  sr_task *t = sr__self(L, s->loop);
+  if (*slot != NULL && *slot != t)
+    luaL_error(L, "socket is busy: another task is already %s on it",
+               slot == &s->reader ? "reading" : "writing");
+  *slot = t;
+  t->wait_on = s;
+  t->detach = sr_socket_detach;
+  sr__socket_update_ref(s);
+  return sr__wait(L, t, s->timeout[which], fresh, ctx, k);
+}
+
+void sr__socket_wake(sr_task **slot, int status) {
+  if (*slot != NULL) sr__wake(*slot, status);
+}
+
+/*
+** New socket object at the top of the stack. The userdata is pushed, with
+** its metatable and a NULL pointer (a valid closed socket), before anything
+** can fail, as liolib's newprefile does. With fd < -1 no descriptor is
+** made (accept fills the handle); -1 makes a fresh one.
+*/
+static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
+                                 int family, int make_fd, int *errp) {
+  sr_socket **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  sr_socket *s;
+  int err = 0;
+  *ud = NULL;
+  luaL_setmetatable(L, SR_SOCKET_MT);
+  s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    *errp = UV_ENOMEM;
+    return NULL;
+  }
+  s->loop = lp;
+  s->kind = kind;
+  s->family = family;
+  s->fd = -1;
+  s->maxline = SR_DEFAULT_MAXLINE;
+  s->timeout[0] = s->timeout[1] = s->timeout[2] = -1;
+  switch (kind) {
+    case SR_TCP:
+      err = uv_tcp_init_ex(&lp->uv, &s->h.tcp,
+                           make_fd ? (unsigned)family : AF_UNSPEC);
+      break;
+    case SR_PIPE:
+      err = uv_pipe_init(&lp->uv, &s->h.pipe, 0);
+      if (err == 0 && make_fd) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || (err = uv_pipe_open(&s->h.pipe, fd)) < 0) {
+          if (fd < 0) err = -errno;
+          else close(fd);
+          /* the pipe handle is initialised: close it the libuv way */
+          s->h.handle.data = s;
+          lp->nsockets++;
+          s->closed = 1;
+          sr_socket_uv_close(s);
+          *errp = err;
+          return NULL;
+        }
+      }
+      break;
+    case SR_DGRAM:
+      err = sr__dgram_init(s, family);
+      break;
+  }
+  if (err < 0) {
+    free(s);
+    *errp = err;
+    return NULL;
+  }
+  s->h.handle.data = s;
+  lp->nsockets++;
+  if (make_fd && kind != SR_DGRAM) uv_fileno(&s->h.handle, &s->fd);
+  uv_unref(&s->h.handle); /* see sr__socket_update_ref */
+  *ud = s;
+  return s;
+}
+
+static int sr_socket_new(lua_State *L) {
+  static const char *const types[] = {"stream", "dgram", NULL};
+  sr_loop *lp = sr_getloop(L);
+  int family = sr__check_family(L, 1);
+  int type, err = 0;
+  lua_Integer proto = luaL_optinteger(L, 3, 0);
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    lua_Integer t = lua_tointeger(L, 2);
+    luaL_argcheck(L, t == SOCK_STREAM || t == SOCK_DGRAM, 2, "unknown type");
+    type = (int)t;
+  } else {
+    type = luaL_checkoption(L, 2, NULL, types) == 0 ? SOCK_STREAM : SOCK_DGRAM;
+  }
+  luaL_argcheck(L, proto == 0 ||
+                   (family != AF_UNIX && type == SOCK_STREAM &&
+                    proto == IPPROTO_TCP) ||
+                   (family != AF_UNIX && type == SOCK_DGRAM &&
+                    proto == IPPROTO_UDP),
+                3, "unsupported protocol");
+  if (sr_socket_push(L, lp,
+                     type == SOCK_DGRAM ? SR_DGRAM
+                                        : family == AF_UNIX ? SR_PIPE : SR_TCP,
+                     family, 1, &err) == NULL)
+    return sr__fail(L, err);
+  return 1;
+}
+
+sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind,
+                          int family) {
+  int err = 0;
+  return sr_socket_push(L, lp, kind, family, 0, &err);
+}
+
+/* close(), __gc and __close: one idempotent function (liolib's f_gc). */
+static int sr_socket_close(lua_State *L) {
+  sr_socket **ud = luaL_checkudata(L, 1, SR_SOCKET_MT);
+  if (*ud != NULL) {
+    sr_socket *s = *ud;
+    *ud = NULL;
+    sr__socket_close(s);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int sr_socket_gc(lua_State *L) {
+  sr_socket **ud = luaL_checkudata(L, 1, SR_SOCKET_MT);
+  if (*ud != NULL) {
+    sr_socket *s = *ud;
+    *ud = NULL;
+    if (s->loop->L != NULL) sr__socket_close(s);
+    /* else the state is closing: the loop's teardown closes the handle */
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Options                                                                */
+
+typedef enum { SR_OPT_BOOL, SR_OPT_INT, SR_OPT_SECONDS } sr_opt_kind;
+
+typedef struct {
+  const char *name;
+  int level, optname;
+  sr_opt_kind kind;
+} sr_opt;
+
+static const sr_opt sr_opts[] = {
+    {"reuseaddr", SOL_SOCKET, SO_REUSEADDR, SR_OPT_BOOL},
+    {"reuseport", SOL_SOCKET, SO_REUSEPORT, SR_OPT_BOOL},
+    {"nodelay", IPPROTO_TCP, TCP_NODELAY, SR_OPT_BOOL},
+    {"keepalive", SOL_SOCKET, SO_KEEPALIVE, SR_OPT_SECONDS},
+    {"rcvbuf", SOL_SOCKET, SO_RCVBUF, SR_OPT_INT},
+    {"sndbuf", SOL_SOCKET, SO_SNDBUF, SR_OPT_INT},
+    {"broadcast", SOL_SOCKET, SO_BROADCAST, SR_OPT_BOOL},
+    {"ipv6only", IPPROTO_IPV6, IPV6_V6ONLY, SR_OPT_BOOL},
+    {"linger", SOL_SOCKET, SO_LINGER, SR_OPT_SECONDS},
+    {NULL, 0, 0, 0}};
+
+static const sr_opt *sr_check_opt(lua_State *L, int arg) {
+  const char *name = luaL_checkstring(L, arg);
+  const sr_opt *o;
+  for (o = sr_opts; o->name != NULL; o++)
+    if (strcmp(o->name, name) == 0) return o;
+  luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'", name));
+  return NULL;
+}
+
+static int sr_sockopt_result(lua_State *L, int r) {
+  if (r < 0) return sr__fail(L, -errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* An int value: booleans count as 1/0, as in C's setsockopt(..., &one). */
+static int sr_check_optint(lua_State *L, int arg) {
+  if (lua_isboolean(L, arg)) return lua_toboolean(L, arg);
+  return (int)luaL_checkinteger(L, arg);
+}
+
+static int sr_socket_setsockopt(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  const sr_opt *o;
+  int v;
+  if (lua_type(L, 2) == LUA_TNUMBER) { /* raw: level, optname, value */
+    int level = (int)luaL_checkinteger(L, 2);
+    int optname = (int)luaL_checkinteger(L, 3);
+    v = sr_check_optint(L, 4);
+    if (s == NULL) return 3;
+    return sr_sockopt_result(L, setsockopt(s->fd, level, optname, &v, sizeof v));
+  }
+  o = sr_check_opt(L, 2);
+  if (s == NULL) return 3;
+  switch (o->kind) {
+    case SR_OPT_BOOL:
+      luaL_checktype(L, 3, LUA_TBOOLEAN);
+      v = lua_toboolean(L, 3);
+      return sr_sockopt_result(L, setsockopt(s->fd, o->level, o->optname, &v,
+                                             sizeof v));
+    case SR_OPT_INT:
+      v = (int)luaL_checkinteger(L, 3);
+      luaL_argcheck(L, v > 0, 3, "size must be positive");
+      return sr_sockopt_result(L, setsockopt(s->fd, o->level, o->optname, &v,
+                                             sizeof v));
+    case SR_OPT_SECONDS: {
+      /* false: off; a number of seconds: on, with that idle/linger time */
+      int on = !(lua_isboolean(L, 3) && !lua_toboolean(L, 3));
+      lua_Integer sec = 0;
+      if (on) {
+        sec = luaL_checkinteger(L, 3);
+        luaL_argcheck(L, sec >= 0 && sec <= INT_MAX, 3,
+                      "seconds must be >= 0");
+      }
+      if (o->optname == SO_LINGER) {
+        struct linger lg;
+        lg.l_onoff = on;
+        lg.l_linger = (int)sec;
+        return sr_sockopt_result(L, setsockopt(s->fd, SOL_SOCKET, SO_LINGER,
+                                               &lg, sizeof lg));
+      }
+      v = on;
+      if (setsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof v) < 0)
+        return sr__fail(L, -errno);
+      if (on && sec > 0) {
+        v = (int)sec;
+        return sr_sockopt_result(L, setsockopt(s->fd, IPPROTO_TCP,
+                                               TCP_KEEPIDLE, &v, sizeof v));
+      }
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int sr_socket_getsockopt(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  const sr_opt *o;
+  int v = 0;
+  socklen_t len = sizeof v;
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    int level = (int)luaL_checkinteger(L, 2);
+    int optname = (int)luaL_checkinteger(L, 3);
+    if (s == NULL) return 3;
+    if (getsockopt(s->fd, level, optname, &v, &len) < 0)
+      return sr__fail(L, -errno);
+    lua_pushinteger(L, v);
+    return 1;
+  }
+  o = sr_check_opt(L, 2);
+  if (s == NULL) return 3;
+  if (o->optname == SO_LINGER) {
+    struct linger lg;
+    len = sizeof lg;
+    if (getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &len) < 0)
+      return sr__fail(L, -errno);
+    if (lg.l_onoff)
+      lua_pushinteger(L, lg.l_linger);
+    else
+      lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (getsockopt(s->fd, o->level, o->optname, &v, &len) < 0)
+    return sr__fail(L, -errno);
+  switch (o->kind) {
+    case SR_OPT_BOOL: lua_pushboolean(L, v); break;
+    case SR_OPT_INT: lua_pushinteger(L, v); break;
+    case SR_OPT_SECONDS: /* keepalive */
+      if (!v) {
+        lua_pushboolean(L, 0);
+        break;
+      }
+      len = sizeof v;
+      if (getsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &len) < 0)
+        return sr__fail(L, -errno);
+      lua_pushinteger(L, v);
+      break;
+  }
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* bind, listen, accept, connect                                          */
+
+static socklen_t sr_check_sockaddr(lua_State *L, sr_socket *s, int arg,
+                                   struct sockaddr_storage *ss) {
+  if (s->family == AF_UNIX) return sr__check_unaddr(L, arg, ss);
+  return sr__check_inaddr(L, arg, arg + 1, s->family, ss);
+}
+
+/* bind(2) on the descriptor directly: uv_tcp_bind would report a taken
+** port only later, at listen or connect, and would not take a socket
+** that already has a descriptor for unix paths. */
+static int sr_socket_bind(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  struct sockaddr_storage ss;
+  socklen_t len;
+  if (s == NULL) return 3;
+  len = sr_check_sockaddr(L, s, 2, &ss);
+  if (bind(s->fd, (struct sockaddr *)&ss, len) < 0) return sr__fail(L, -errno);
+  if (s->family == AF_UNIX) {
+    const char *path = lua_tostring(L, 2);
+    if (path[0] != '@' && path[0] != '\0') {
+      free(s->path);
+      s->path = strdup(path);
+    }
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void sr_socket_connection_cb(uv_stream_t *server, int status) {
+  sr_socket *s = server->data;
+  s->accept_status = status < 0 ? status : 1;
+  sr__socket_wake(&s->reader, 0);
+}
+
+static int sr_socket_listen(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  int backlog, err;
+  if (s == NULL) return 3;
+  backlog = (int)luaL_optinteger(L, 2, INT_MAX); /* kernel caps: somaxconn */
+  luaL_argcheck(L, backlog >= 0, 2, "backlog must be >= 0");
+  if (s->kind == SR_DGRAM) return sr__fail(L, UV_ENOTSUP);
+  err = uv_listen(&s->h.stream, backlog, sr_socket_connection_cb);
+  if (err < 0) return sr__fail(L, err);
+  s->listening = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
+  int fresh = (status == LUA_OK);
+  for (;;) {
+    sr_socket *s = sr__check_socket(L, 1), *c;
+    if (s == NULL) return 3;
+    if (!s->listening) return sr__fail(L, UV_EINVAL);
+    if (s->accept_status < 0) {
+      int err = s->accept_status;
+      s->accept_status = 0;
+      return sr__fail(L, err);
+    }
+    if (s->accept_status > 0) {
+      struct sockaddr_storage ss;
+      int err, len = sizeof ss;
+      s->accept_status = 0;
+      c = sr__new_socket(L, s->loop, s->kind, s->family);
+      if (c == NULL) return sr__fail(L, UV_ENOMEM);
+      err = uv_accept(&s->h.stream, &c->h.stream);
+      if (err < 0) {
+        sr_socket **ud = lua_touserdata(L, -1);
+        *ud = NULL;
+        c->closed = 1;
+        sr_socket_uv_close(c);
+        return sr__fail(L, err);
+      }
+      uv_fileno(&c->h.handle, &c->fd);
+      c->connected = 1;
+      if (getpeername(c->fd, (struct sockaddr *)&ss, (socklen_t *)&len) < 0) {
+        lua_pushnil(L);
+        return 2;
+      }
+      return 1 + sr__push_addr(L, (struct sockaddr *)&ss, (socklen_t)len);
+    }
+    if (!fresh && sr__timedout(s->loop->current ? s->loop->current
+                                                : &s->loop->main))
+      return sr__fail(L, UV_ETIMEDOUT);
+    sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx,
+                    sr_socket_accept_k);
+    fresh = 0;
+  }
+}
+
+static int sr_socket_accept(lua_State *L) {
+  return sr_socket_accept_k(L, LUA_OK, 0);
+}
+
+static void sr_socket_connect_cb(uv_connect_t *req, int status) {
+  sr_socket *s = req->handle->data;
+  s->connect_status = 2;
+  s->cresult = status;
+  sr__socket_wake(&s->writer, 0);
+}
+
+static int sr_socket_connect_k(lua_State *L, int status, lua_KContext ctx) {
+  int fresh = (status == LUA_OK);
+  for (;;) {
+    sr_socket *s = sr__check_socket(L, 1);
+    sr_task *self;
+    if (s == NULL) return 3;
+    if (s->connect_status == 2) {
+      int err = s->cresult;
+      s->connect_status = 0;
+      if (err < 0) return sr__fail(L, err);
+      s->connected = 1;
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    self = s->loop->current ? s->loop->current : &s->loop->main;
+    if (!fresh && sr__timedout(self)) return sr__fail(L, UV_ETIMEDOUT);
+    sr__socket_wait(L, s, &s->writer, SR_TCONNECT, fresh, ctx,
+                    sr_socket_connect_k);
+    fresh = 0;
+  }
+}
+
+/* connect(host, port) with a numeric host (the Lua side resolves names),
+** or connect(path). Unix and datagram connects complete at once. */
+static int sr_socket_connect(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  struct sockaddr_storage ss;
+  socklen_t len;
+  int err;
+  if (s == NULL) return 3;
+  len = sr_check_sockaddr(L, s, 2, &ss);
+  if (s->kind != SR_DGRAM && s->connected) return sr__fail(L, UV_EISCONN);
+  if (s->connect_status != 0) return sr__fail(L, UV_EALREADY);
+  if (s->listening) return sr__fail(L, UV_EINVAL);
+  if (s->kind != SR_TCP) { /* unix and datagram: immediate */
+    if (connect(s->fd, (struct sockaddr *)&ss, len) < 0)
+      return sr__fail(L, -errno);
+    s->connected = 1;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  err = uv_tcp_connect(&s->creq, &s->h.tcp, (struct sockaddr *)&ss,
+                       sr_socket_connect_cb);
+  if (err < 0) return sr__fail(L, err);
+  s->connect_status = 1;
+  return sr_socket_connect_k(L, LUA_OK, 0);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Addresses, timeouts, descriptor, tostring                              */
+
+static int sr_socket_names(lua_State *L, int peer) {
+  sr_socket *s = sr__check_socket(L, 1);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int r;
+  if (s == NULL) return 3;
+  r = peer ? getpeername(s->fd, (struct sockaddr *)&ss, &len)
+           : getsockname(s->fd, (struct sockaddr *)&ss, &len);
+  if (r < 0) return sr__fail(L, -errno);
+  return sr__push_addr(L, (struct sockaddr *)&ss, len);
+}
+
+static int sr_socket_getsockname(lua_State *L) {
+  return sr_socket_names(L, 0);
+}
+
+static int sr_socket_getpeername(lua_State *L) {
+  return sr_socket_names(L, 1);
+}
+
+static int sr_socket_settimeout(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  double t = sr__opt_seconds(L, 2);
+  if (s == NULL) return 3;
+  s->timeout[SR_TCONNECT] = s->timeout[SR_TREAD] = s->timeout[SR_TWRITE] = t;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int sr_socket_settimeouts(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  double c = sr__opt_seconds(L, 2), r = sr__opt_seconds(L, 3),
+         w = sr__opt_seconds(L, 4);
+  if (s == NULL) return 3;
+  s->timeout[SR_TCONNECT] = c;
+  s->timeout[SR_TREAD] = r;
+  s->timeout[SR_TWRITE] = w;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* The timeouts, as the Lua side needs them to bound name resolution. */
+static int sr_socket_gettimeouts(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  int i;
+  if (s == NULL) return 3;
+  for (i = 0; i < 3; i++) {
+    if (s->timeout[i] < 0)
+      lua_pushnil(L);
+    else
+      lua_pushnumber(L, s->timeout[i]);
+  }
+  return 3;
+}
+
+static int sr_socket_setmaxline(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n > 0, 2, "limit must be positive");
+  if (s == NULL) return 3;
+  s->maxline = (size_t)n;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int sr_socket_fileno(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  if (s == NULL) return 3;
+  lua_pushinteger(L, s->fd);
+  return 1;
+}
+
+static int sr_socket_family(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  if (s == NULL) return 3;
+  lua_pushstring(L, sr__family_name(s->family));
+  lua_pushstring(L, s->kind == SR_DGRAM ? "dgram" : "stream");
+  return 2;
+}
+
+static int sr_socket_tostring(lua_State *L) {
+  sr_socket *s = sr__to_socket(L, 1);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  const char *kind, *state;
+  luaL_Buffer b;
+  if (s == NULL) {
+    lua_pushliteral(L, "sockrun.socket(closed)");
+    return 1;
+  }
+  if (s->family == AF_UNIX)
+    kind = s->kind == SR_DGRAM ? "unix-dgram" : "unix";
+  else if (s->kind == SR_DGRAM)
+    kind = s->family == AF_INET6 ? "udp6" : "udp";
+  else
+    kind = s->family == AF_INET6 ? "tcp6" : "tcp";
+  state = s->listening ? "listening" : s->connected ? "connected" : "open";
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "sockrun.socket(");
+  luaL_addstring(&b, kind);
+  if (getsockname(s->fd, (struct sockaddr *)&ss, &len) == 0) {
+    int n = sr__push_addr(L, (struct sockaddr *)&ss, len);
+    luaL_addstring(&b, ", ");
+    if (n == 2) {
+      const char *host = lua_tostring(L, -2);
+      int v6 = strchr(host, ':') != NULL;
+      lua_pushfstring(L, v6 ? "[%s]:%d" : "%s:%d", host,
+                      (int)lua_tointeger(L, -1));
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+    }
+    luaL_addvalue(&b);
+  }
+  luaL_addstring(&b, ", ");
+  luaL_addstring(&b, state);
+  luaL_addchar(&b, ')');
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* read, write and friends differ for streams and datagrams. */
+static int sr_socket_read(lua_State *L) {
+  sr_socket *s = sr__to_socket(L, 1);
+  return s != NULL && s->kind == SR_DGRAM ? sr__dgram_read(L)
+                                          : sr__stream_read(L);
+}
+
+static int sr_socket_write(lua_State *L) {
+  sr_socket *s = sr__to_socket(L, 1);
+  return s != NULL && s->kind == SR_DGRAM ? sr__dgram_write(L)
+                                          : sr__stream_write(L);
+}
+
+static const luaL_Reg sr_socket_methods[] = {
+    {"setsockopt", sr_socket_setsockopt},
+    {"getsockopt", sr_socket_getsockopt},
+    {"bind", sr_socket_bind},
+    {"listen", sr_socket_listen},
+    {"accept", sr_socket_accept},
+    {"connect", sr_socket_connect},
+    {"read", sr_socket_read},
+    {"write", sr_socket_write},
+    {"sendto", sr__dgram_sendto},
+    {"recvfrom", sr__dgram_recvfrom},
+    {"shutdown", sr__stream_shutdown},
+    {"close", sr_socket_close},
+    {"settimeout", sr_socket_settimeout},
+    {"settimeouts", sr_socket_settimeouts},
+    {"gettimeouts", sr_socket_gettimeouts},
+    {"setmaxline", sr_socket_setmaxline},
+    {"getsockname", sr_socket_getsockname},
+    {"getpeername", sr_socket_getpeername},
+    {"fileno", sr_socket_fileno},
+    {"family", sr_socket_family},
+    {NULL, NULL}};
+
+static const struct {
+  const char *name;
+  int value;
+} sr_constants[] = {
+    {"AF_INET", AF_INET},         {"AF_INET6", AF_INET6},
+    {"AF_UNIX", AF_UNIX},         {"AF_LOCAL", AF_LOCAL},
+    {"SOCK_STREAM", SOCK_STREAM}, {"SOCK_DGRAM", SOCK_DGRAM},
+    {"SOL_SOCKET", SOL_SOCKET},   {"SO_REUSEADDR", SO_REUSEADDR},
+    {"SO_REUSEPORT", SO_REUSEPORT}, {"SO_KEEPALIVE", SO_KEEPALIVE},
+    {"SO_RCVBUF", SO_RCVBUF},     {"SO_SNDBUF", SO_SNDBUF},
+    {"SO_BROADCAST", SO_BROADCAST}, {"SO_ERROR", SO_ERROR},
+    {"SO_TYPE", SO_TYPE},
+    {"IPPROTO_TCP", IPPROTO_TCP}, {"IPPROTO_UDP", IPPROTO_UDP},
+    {"IPPROTO_IPV6", IPPROTO_IPV6}, {"TCP_NODELAY", TCP_NODELAY},
+    {"TCP_KEEPIDLE", TCP_KEEPIDLE}, {"IPV6_V6ONLY", IPV6_V6ONLY},
+    {NULL, 0}};
+
+/* Register the socket metatable, constants and sr.socket into the table
+** at the top; the method table is also exposed as `methods` so the Lua
+** side can add its conveniences. */
+void sr__socket_open(lua_State *L, sr_loop *lp) {
+  int i;
+  luaL_newmetatable(L, SR_SOCKET_MT);
+  lua_newtable(L);
+  sr__setfuncs(L, sr_socket_methods, lp);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -4, "methods");
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, sr_socket_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, sr_socket_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, sr_socket_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  lua_pushlightuserdata(L, lp);
+  lua_pushcclosure(L, sr_socket_new, 1);
+  lua_setfield(L, -2, "socket");
+  for (i = 0; sr_constants[i].name != NULL; i++) {
+    lua_pushinteger(L, sr_constants[i].value);
+    lua_setfield(L, -2, sr_constants[i].name);
+  }
+}

@@ -1,0 +1,378 @@
+/*
+** stream.c -- reading and writing stream sockets (TCP, unix stream).
+** Reads land in one loop-wide buffer, then in a per-socket buffer that
+** exists only while unread bytes wait; framing scans it in C. Writes try
+** uv_try_write first and queue only the rest, anchoring the Lua strings.
+*/
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct {
+  uv_write_t req;
+  int anchor; /* registry ref to the string(s) being written */
+} sr_write_req;
+
+/* ---------------------------------------------------------------------- */
+/* Reading                                                                */
+
+static void sr_stream_alloc_cb(uv_handle_t *h, size_t suggested,
+                               uv_buf_t *buf) {
+  sr_socket *s = h->data;
+  (void)suggested;
+  buf->base = s->loop->rbuf;
+  buf->len = sizeof s->loop->rbuf;
+}
+
+/* Append to the socket's unread bytes, growing or compacting the buffer. */
+static int sr_stream_append(sr_socket *s, const char *p, size_t n) {
+  if (s->buf == NULL) {
+    size_t cap = n < 4096 ? 4096 : n;
+    s->buf = malloc(cap);
+    if (s->buf == NULL) return UV_ENOMEM;
+    s->cap = cap;
+    s->off = s->len = 0;
+  } else if (s->off + s->len + n > s->cap) {
+    if (s->len + n <= s->cap) { /* room enough once consumed bytes go */
+      memmove(s->buf, s->buf + s->off, s->len);
+    } else {
+      size_t cap = s->cap * 2;
+      char *nb;
+      while (cap < s->len + n) cap *= 2;
+      nb = malloc(cap);
+      if (nb == NULL) return UV_ENOMEM;
+      memcpy(nb, s->buf + s->off, s->len);
+      free(s->buf);
+      s->buf = nb;
+      s->cap = cap;
+    }
+    s->off = 0;
+  }
+  memcpy(s->buf + s->off + s->len, p, n);
+  s->len += n;
+  return 0;
+}
+
+/* Drop n bytes from the front; an emptied buffer is freed, so an idle
+** connection holds no read memory. */
+static void sr_stream_consume(sr_socket *s, size_t n) {
+  s->off += n;
+  s->len -= n;
+  s->scanned = 0;
+  if (s->len == 0) {
+    free(s->buf);
+    s->buf = NULL;
+    s->off = s->cap = 0;
+  }
+}
+
+static void sr_stream_stop(sr_socket *s) {
+  if (s->reading) {
+    uv_read_stop(&s->h.stream);
+    s->reading = 0;
+  }
+}
+
+static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
+                              const uv_buf_t *buf) {
+  sr_socket *s = stream->data;
+  if (nread > 0) {
+    int err = sr_stream_append(s, buf->base, (size_t)nread);
+    if (err < 0) {
+      s->rerr = err;
+      sr_stream_stop(s);
+    }
+  } else if (nread < 0) {
+    if (nread == UV_EOF)
+      s->eof = 1;
+    else
+      s->rerr = (int)nread;
+    sr_stream_stop(s);
+  }
+  /* Flow control: with no reader waiting, stop taking more than a bounded
+  ** amount from the kernel; a reader waiting resumes it. */
+  if (s->reader == NULL && s->len >= SR_READ_HIGH_WATER) sr_stream_stop(s);
+  if (nread != 0) sr__socket_wake(&s->reader, 0);
+}
+
+/* Start reading in the background, if not already and not at EOF. */
+void sr__stream_start(sr_socket *s) {
+  if (!s->reading && !s->eof && s->rerr == 0) {
+    int err = uv_read_start(&s->h.stream, sr_stream_alloc_cb,
+                            sr_stream_read_cb);
+    if (err < 0)
+      s->rerr = err;
+    else
+      s->reading = 1;
+  }
+}
+
+/* The socket is being closed by the script: stop reading, free unread. */
+void sr__stream_release(sr_socket *s) {
+  sr_stream_stop(s);
+  free(s->buf);
+  s->buf = NULL;
+  s->off = s->len = s->cap = 0;
+}
+
+typedef enum { SR_READ_ANY, SR_READ_LINE, SR_READ_ALL, SR_READ_COUNT } sr_fmt;
+
+static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count,
+                              int *keep) {
+  const char *f;
+  *keep = 0;
+  if (lua_isnoneornil(L, arg)) return SR_READ_ANY;
+  if (lua_type(L, arg) == LUA_TNUMBER) {
+    lua_Integer n = luaL_checkinteger(L, arg);
+    luaL_argcheck(L, n >= 0, arg, "count must be >= 0");
+    *count = (size_t)n;
+    return SR_READ_COUNT;
+  }
+  f = luaL_checkstring(L, arg);
+  if (*f == '*') f++; /* "*l", as Lua 5.1-5.3 and LuaSocket spell it */
+  switch (*f) {
+    case 'l': return SR_READ_LINE;
+    case 'L': *keep = 1; return SR_READ_LINE;
+    case 'a': return SR_READ_ALL;
+    default: return (sr_fmt)luaL_argerror(L, arg, "invalid format");
+  }
+}
+
+/* At EOF or after an error: what is left, then the condition itself. */
+static int sr_stream_end(lua_State *L, sr_socket *s) {
+  if (s->len > 0) {
+    lua_pushlstring(L, s->buf + s->off, s->len);
+    sr_stream_consume(s, s->len);
+    return 1;
+  }
+  return sr__fail(L, s->rerr ? s->rerr : UV_EOF);
+}
+
+/*
+** Try to satisfy one read from the buffer: push the result and return the
+** number of values, or return 0 when more bytes are needed.
+*/
+static int sr_stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
+                              size_t count, int keep) {
+  int ended = s->eof || s->rerr != 0;
+  switch (fmt) {
+    case SR_READ_ANY:
+      if (s->len > 0) return sr_stream_end(L, s);
+      break;
+    case SR_READ_COUNT:
+      if (s->len >= count) {
+        lua_pushlstring(L, s->buf ? s->buf + s->off : "", count);
+        if (count > 0) sr_stream_consume(s, count);
+        return 1;
+      }
+      break;
+    case SR_READ_ALL:
+      if (s->eof && s->rerr == 0) {
+        lua_pushlstring(L, s->buf ? s->buf + s->off : "", s->len);
+        if (s->len > 0) sr_stream_consume(s, s->len);
+        return 1;
+      }
+      break;
+    case SR_READ_LINE: {
+      const char *base = s->buf + s->off;
+      const char *nl = s->len > s->scanned
+                           ? memchr(base + s->scanned, '\n',
+                                    s->len - s->scanned)
+                           : NULL;
+      if (nl != NULL) {
+        size_t n = (size_t)(nl - base) + 1, k = n;
+        if (!keep) {
+          k--;
+          if (k > 0 && base[k - 1] == '\r') k--;
+        }
+        lua_pushlstring(L, base, k);
+        sr_stream_consume(s, n);
+        return 1;
+      }
+      s->scanned = s->len;
+      if (s->len >= s->maxline && !ended)
+        return sr__fail_msg(L, "line too long", "ENOBUFS");
+      break;
+    }
+  }
+  if (ended) return sr_stream_end(L, s);
+  return 0;
+}
+
+static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
+  int fresh = (status == LUA_OK);
+  size_t count = 0;
+  int keep, n;
+  sr_fmt fmt = sr_check_format(L, 2, &count, &keep);
+  for (;;) {
+    sr_socket *s = sr__check_socket(L, 1);
+    if (s == NULL) return 3;
+    if ((n = sr_stream_try_read(L, s, fmt, count, keep)) > 0) return n;
+    if (!fresh && sr__timedout(s->loop->current ? s->loop->current
+                                                : &s->loop->main))
+      return sr__fail(L, UV_ETIMEDOUT);
+    sr__stream_start(s);
+    if (s->rerr != 0) continue; /* could not start: report it */
+    sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_stream_read_k);
+    fresh = 0;
+  }
+}
+
+int sr__stream_read(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  if (s == NULL) return 3;
+  luaL_argcheck(L, lua_gettop(L) <= 2, 3, "one format per call");
+  return sr_stream_read_k(L, LUA_OK, 0);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Writing                                                                */
+
+static void sr_stream_write_cb(uv_write_t *req, int status) {
+  sr_write_req *w = (sr_write_req *)req;
+  sr_socket *s = req->handle->data;
+  sr_loop *lp = s->loop;
+  if (lp->L != NULL) luaL_unref(lp->L, LUA_REGISTRYINDEX, w->anchor);
+  free(w);
+  s->nwrites--;
+  if (status < 0 && status != UV_ECANCELED && s->werr == 0) s->werr = status;
+  if (s->closed) {
+    if (s->nwrites == 0 || status < 0) sr__socket_finish_close(s);
+    return;
+  }
+  sr__socket_update_ref(s);
+  if (s->werr != 0 || s->h.stream.write_queue_size <= SR_WRITE_HIGH_WATER)
+    sr__socket_wake(&s->writer, 0);
+}
+
+static int sr_stream_write_k(lua_State *L, int status, lua_KContext ctx) {
+  int fresh = (status == LUA_OK);
+  for (;;) {
+    sr_socket *s = sr__check_socket(L, 1);
+    if (s == NULL) return 3;
+    if (s->werr != 0) return sr__fail(L, s->werr);
+    if (s->h.stream.write_queue_size <= SR_WRITE_HIGH_WATER) {
+      lua_settop(L, 1);
+      return 1;
+    }
+    if (!fresh && sr__timedout(s->loop->current ? s->loop->current
+                                                : &s->loop->main))
+      return sr__fail(L, UV_ETIMEDOUT);
+    sr__socket_wait(L, s, &s->writer, SR_TWRITE, fresh, ctx,
+                    sr_stream_write_k);
+    fresh = 0;
+  }
+}
+
+/* Queue bufs[0..n) (the tail of arguments first..top), anchoring the
+** strings in the registry until the write callback. */
+static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs,
+                           int n, int first) {
+  sr_write_req *w = malloc(sizeof *w);
+  int i, err, top = lua_gettop(L);
+  if (w == NULL) return UV_ENOMEM;
+  if (first == top) {
+    lua_pushvalue(L, top);
+  } else {
+    lua_createtable(L, top - first + 1, 0);
+    for (i = first; i <= top; i++) {
+      lua_pushvalue(L, i);
+      lua_rawseti(L, -2, i - first + 1);
+    }
+  }
+  w->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  err = uv_write(&w->req, &s->h.stream, bufs, (unsigned)n, sr_stream_write_cb);
+  if (err < 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, w->anchor);
+    free(w);
+    return err;
+  }
+  s->nwrites++;
+  sr__socket_update_ref(s);
+  return 0;
+}
+
+#define SR_IOV_STACK 16
+
+int sr__stream_write(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  int i, n = lua_gettop(L), nb = n - 1, first = 0, err;
+  uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
+  size_t total = 0;
+  ssize_t done;
+  sigset_t saved;
+  for (i = 2; i <= n; i++) luaL_checklstring(L, i, NULL);
+  if (s == NULL) return 3;
+  if (s->werr != 0) return sr__fail(L, s->werr);
+  if (s->shut) return sr__fail(L, UV_EPIPE);
+  if (nb == 0) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  if (nb > SR_IOV_STACK) { /* uv_write copies the array: free it after */
+    bufs = malloc(sizeof(uv_buf_t) * (size_t)nb);
+    if (bufs == NULL) return sr__fail(L, UV_ENOMEM);
+  }
+  for (i = 0; i < nb; i++) {
+    size_t len;
+    const char *p = lua_tolstring(L, i + 2, &len);
+    bufs[i] = uv_buf_init((char *)p, (unsigned)len);
+    total += len;
+  }
+  sr__sigpipe_block(s->loop, &saved);
+  done = uv_try_write(&s->h.stream, bufs, (unsigned)nb);
+  sr__sigpipe_restore(s->loop, &saved);
+  if (done == UV_EAGAIN || done == UV_ENOSYS) done = 0;
+  err = done < 0 ? (int)done : 0;
+  if (err == 0 && (size_t)done < total) {
+    /* skip what went out, then queue the rest */
+    while ((size_t)done >= bufs[first].len) done -= bufs[first++].len;
+    bufs[first].base += done;
+    bufs[first].len -= (size_t)done;
+    err = sr_stream_queue(L, s, bufs + first, nb - first, first + 2);
+  }
+  if (bufs != stackbufs) free(bufs);
+  if (err < 0) {
+    if (done < 0) s->werr = err;
+    return sr__fail(L, err);
+  }
+  if (s->h.stream.write_queue_size > SR_WRITE_HIGH_WATER)
+    return sr_stream_write_k(L, LUA_OK, 0);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static void sr_stream_shutdown_cb(uv_shutdown_t *req, int status) {
+  sr_socket *s = req->handle->data;
+  if (status < 0 && status != UV_ECANCELED && s->werr == 0) s->werr = status;
+  free(req);
+}
+
+/* Half-close: libuv sends FIN once the queued writes are flushed. */
+int sr__stream_shutdown(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  uv_shutdown_t *req;
+  int err;
+  if (s == NULL) return 3;
+  if (s->kind == SR_DGRAM) {
+    if (shutdown(s->fd, SHUT_WR) < 0) return sr__fail(L, UV_ENOTCONN);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (s->shut) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  req = malloc(sizeof *req);
+  if (req == NULL) return sr__fail(L, UV_ENOMEM);
+  err = uv_shutdown(req, &s->h.stream, sr_stream_shutdown_cb);
+  if (err < 0) {
+    free(req);
+    return sr__fail(L, err);
+  }
+  s->shut = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}

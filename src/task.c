@@ -1,0 +1,442 @@
+/*
+** task.c -- tasks: coroutines scheduled by sockrun. How a blocking call
+** waits (yield inside a task, drive the loop outside one), how it is woken
+** from libuv callbacks, and sr.spawn, sr.sleep, task:join, task:cancel.
+*/
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Uservalues of a task userdata. */
+#define SR_TASK_UV_THREAD 1 /* the coroutine: keeps it alive */
+#define SR_TASK_UV_ERROR 2  /* the error object of a failed task */
+
+static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
+
+static void sr_timer_close_cb(uv_handle_t *h) { free(h); }
+
+static void sr_task_timer_cb(uv_timer_t *timer) {
+  sr_task *t = timer->data;
+  if (t != NULL) sr__wake(t, UV_ETIMEDOUT);
+}
+
+/* Start the task's timer; its memory is allocated on first use only, so a
+** task that never sleeps or times out costs no timer handle. */
+static int sr_task_arm(sr_task *t, uint64_t ms) {
+  if (t->timer == NULL) {
+    t->timer = malloc(sizeof *t->timer);
+    if (t->timer == NULL) return UV_ENOMEM;
+    uv_timer_init(&t->loop->uv, t->timer);
+    t->timer->data = t;
+  }
+  return uv_timer_start(t->timer, sr_task_timer_cb, ms, 0);
+}
+
+static void sr_task_close_timer(sr_task *t) {
+  if (t->timer != NULL) {
+    t->timer->data = NULL;
+    uv_close((uv_handle_t *)t->timer, sr_timer_close_cb);
+    t->timer = NULL;
+  }
+}
+
+/* Take the task off whatever it waits on. */
+static void sr_task_detach(sr_task *t) {
+  if (t->detach != NULL) t->detach(t);
+  t->detach = NULL;
+  t->wait_on = NULL;
+  if (t->timer != NULL) uv_timer_stop(t->timer);
+}
+
+/*
+** The task of the running context, which is about to block. Inside a task
+** it is that task; outside any task, with the loop idle, it is the loop's
+** pseudo-task, which waits by driving the loop. Anything else (a foreign
+** coroutine while the loop runs, a C-call boundary in a task) cannot
+** block, and re-entering uv_run there would break the loop: raise instead.
+*/
+sr_task *sr__self(lua_State *L, sr_loop *lp) {
+  sr_task *t = lp->current;
+  if (t != NULL && t->co == L) {
+    if (!lua_isyieldable(L))
+      luaL_error(L, "cannot block across a C-call boundary (metamethod, "
+                    "iterator or sort comparator); use sr.spawn");
+    return t;
+  }
+  if (lp->running > 0)
+    luaL_error(L, "cannot block outside a sockrun task while the loop is "
+                  "running (a coroutine sockrun did not create); use "
+                  "sr.spawn");
+  if (lp->main.state == SR_TASK_WAITING)
+    luaL_error(L, "cannot block: a blocking call is already in progress");
+  return &lp->main;
+}
+
+int sr__timedout(sr_task *t) { return t->wake == UV_ETIMEDOUT; }
+
+/*
+** Suspend t until sr__wake. fresh starts a new operation, whose deadline is
+** timeout seconds away (< 0: none); a retry of the same operation (fresh
+** == 0) keeps the deadline, so a trickle of data cannot extend it. Inside
+** a task this yields and never returns: k runs on resumption. Outside, it
+** drives the loop and returns 0 once woken; the caller then retries.
+*/
+int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
+             lua_KContext ctx, lua_KFunction k) {
+  sr_loop *lp = t->loop;
+  if (fresh) {
+    t->has_deadline = timeout >= 0;
+    if (t->has_deadline)
+      t->deadline = uv_now(&lp->uv) + (uint64_t)(timeout * 1000.0 + 0.5);
+  }
+  t->wake = 0;
+  if (t->has_deadline) {
+    uint64_t now = uv_now(&lp->uv);
+    int err = sr_task_arm(t, t->deadline > now ? t->deadline - now : 0);
+    if (err < 0) {
+      sr_task_detach(t);
+      luaL_error(L, "cannot arm a timer: %s", uv_strerror(err));
+    }
+  }
+  t->state = SR_TASK_WAITING;
+  if (t->co != NULL) return lua_yieldk(L, 0, ctx, k);
+  t->woken = 0;
+  while (!t->woken) {
+    int alive = sr__run(lp, L, UV_RUN_ONCE);
+    if (!t->woken && !alive) {
+      sr_task_detach(t);
+      t->state = SR_TASK_RUNNING;
+      luaL_error(L, "deadlock: nothing left that could end this wait");
+    }
+  }
+  return 0;
+}
+
+/* End t's wait: status 0, or why (UV_ETIMEDOUT...). Exactly once per wait:
+** a task no longer waiting is left alone. */
+void sr__wake(sr_task *t, int status) {
+  if (t->state != SR_TASK_WAITING || t->loop->L == NULL) return;
+  sr_task_detach(t);
+  t->wake = status;
+  t->state = SR_TASK_RUNNING;
+  if (t->co == NULL)
+    t->woken = 1;
+  else
+    sr_task_resume(t, NULL, 0);
+}
+
+/* Wake every task joined on t, now that it has ended. */
+static void sr_task_finish(sr_task *t) {
+  sr_loop *lp = t->loop;
+  sr_task *j;
+  lp->ntasks--;
+  sr_task_close_timer(t);
+  while ((j = t->joiners) != NULL) {
+    t->joiners = j->next_joiner;
+    j->next_joiner = NULL;
+    j->detach = NULL; /* already unlinked */
+    sr__wake(j, 0);
+  }
+  if (lp->L != NULL) luaL_unref(lp->L, LUA_REGISTRYINDEX, t->ref);
+  t->ref = LUA_NOREF;
+}
+
+static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
+  sr_loop *lp = t->loop;
+  sr_task *prev = lp->current;
+  int nres, st;
+  lp->current = t;
+  st = lua_resume(t->co, from, nargs, &nres);
+  lp->current = prev;
+  if (st == LUA_YIELD) {
+    if (t->state == SR_TASK_WAITING) return; /* waits in sr__wait */
+    /* A bare coroutine.yield() in a task: let others run, then go on. */
+    lua_pop(t->co, nres);
+    t->has_deadline = 0;
+    t->wake = 0;
+    t->state = SR_TASK_WAITING;
+    if (sr_task_arm(t, 0) < 0) t->state = SR_TASK_RUNNING;
+    return;
+  }
+  if (st != LUA_OK) { /* only an error outside the body's pcall: memory */
+    t->state = SR_TASK_FAILED;
+    fprintf(stderr, "sockrun: task died: %s\n", lua_tostring(t->co, -1));
+    t->nres = 1;
+  } else {
+    if (t->state != SR_TASK_FAILED) t->state = SR_TASK_DONE;
+    t->nres = nres;
+  }
+  sr_task_finish(t);
+}
+
+/* Message handler of a task body, as lua.c's: the error object is kept
+** in the task (for join) and a traceback string replaces it. */
+static int sr_task_msgh(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  const char *msg = lua_tostring(L, 1);
+  if (lp->current != NULL && lp->current->ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->current->ref);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, SR_TASK_UV_ERROR);
+    lua_pop(L, 1);
+  }
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)",
+                            luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* Hand a failed task's traceback (at the top of L) to sr.onerror, or print
+** it. Runs in the failed task's own coroutine, still alive. */
+void sr__report(sr_loop *lp, lua_State *L, int tidx) {
+  if (lp->onerror_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->onerror_ref);
+    lua_getiuservalue(L, tidx, SR_TASK_UV_ERROR);
+    lua_pushvalue(L, -3); /* traceback */
+    lua_pushvalue(L, tidx);
+    if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
+    fprintf(stderr, "sockrun: error in sr.onerror: %s\n",
+            lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  fprintf(stderr, "sockrun: %s\n", lua_tostring(L, -1));
+  fflush(stderr);
+}
+
+static int sr_task_body_k(lua_State *L, int status, lua_KContext ctx) {
+  sr_loop *lp = sr_getloop(L);
+  sr_task *t = lp->current;
+  (void)ctx;
+  if (status == LUA_OK || status == LUA_YIELD)
+    return lua_gettop(L) - 1; /* the function's results, less msgh */
+  t->state = SR_TASK_FAILED;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lua_pushvalue(L, -2);
+  sr__report(lp, L, lua_gettop(L) - 1);
+  lua_pop(L, 1);
+  lua_getiuservalue(L, -1, SR_TASK_UV_ERROR);
+  return 1; /* the error object */
+}
+
+/* First function of every task's coroutine: run fn(...) in a yieldable
+** protected call, so errors are caught with a traceback in the task. */
+static int sr_task_body(lua_State *L) {
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, sr_task_msgh, 1);
+  lua_insert(L, 1);
+  return sr_task_body_k(L, lua_pcallk(L, n - 1, LUA_MULTRET, 1, 0,
+                                      sr_task_body_k), 0);
+}
+
+static sr_task *sr_check_task(lua_State *L, int arg) {
+  return luaL_checkudata(L, arg, SR_TASK_MT);
+}
+
+int sr__spawn(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  int n = lua_gettop(L);
+  sr_task *t;
+  lua_State *co;
+  if (lua_type(L, 1) != LUA_TFUNCTION && !luaL_getmetafield(L, 1, "__call"))
+    luaL_typeerror(L, 1, "function");
+  lua_settop(L, n);
+  t = lua_newuserdatauv(L, sizeof *t, 2);
+  memset(t, 0, sizeof *t);
+  t->loop = lp;
+  t->ref = LUA_NOREF;
+  t->state = SR_TASK_RUNNING;
+  luaL_setmetatable(L, SR_TASK_MT);
+  co = lua_newthread(L);
+  lua_setiuservalue(L, -2, SR_TASK_UV_THREAD);
+  t->co = co;
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* alive until it ends */
+  lua_pushlightuserdata(co, lp);
+  lua_pushcclosure(co, sr_task_body, 1);
+  lua_rotate(L, 1, 1); /* task below fn and args */
+  lua_xmove(L, co, n);
+  lp->ntasks++;
+  sr_task_resume(t, L, n);
+  return 1;
+}
+
+static void sr_join_detach(sr_task *t) {
+  sr_task *target = t->wait_on, **p;
+  for (p = &target->joiners; *p != NULL; p = &(*p)->next_joiner) {
+    if (*p == t) {
+      *p = t->next_joiner;
+      break;
+    }
+  }
+  t->next_joiner = NULL;
+}
+
+static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
+  sr_loop *lp = sr_getloop(L);
+  sr_task *target = sr_check_task(L, 1);
+  double timeout = sr__opt_seconds(L, 2);
+  int fresh = (status == LUA_OK);
+  for (;;) {
+    sr_task *self;
+    int i, base;
+    switch (target->state) {
+      case SR_TASK_DONE:
+        base = lua_gettop(target->co) - target->nres;
+        luaL_checkstack(L, target->nres, "too many results");
+        for (i = 1; i <= target->nres; i++) {
+          lua_pushvalue(target->co, base + i);
+          lua_xmove(target->co, L, 1);
+        }
+        return target->nres;
+      case SR_TASK_FAILED:
+        luaL_pushfail(L);
+        lua_getiuservalue(L, 1, SR_TASK_UV_ERROR);
+        luaL_tolstring(L, -1, NULL);
+        lua_remove(L, -2);
+        lua_pushliteral(L, "ETASK");
+        return 3;
+      case SR_TASK_CANCELLED:
+        return sr__fail(L, UV_ECANCELED);
+      default:
+        break;
+    }
+    self = sr__self(L, lp);
+    if (!fresh && sr__timedout(self)) return sr__fail(L, UV_ETIMEDOUT);
+    if (self == target) luaL_error(L, "a task cannot join itself");
+    self->next_joiner = target->joiners;
+    target->joiners = self;
+    self->wait_on = target;
+    self->detach = sr_join_detach;
+    sr__wait(L, self, timeout, fresh, ctx, sr_task_join_k);
+    fresh = 0;
+  }
+}
+
+static int sr_task_join(lua_State *L) {
+  return sr_task_join_k(L, LUA_OK, 0);
+}
+
+/*
+** Cancel a waiting task: take it off what it waits on and close its
+** coroutine, which runs its to-be-closed variables (so `local s <close>`
+** sockets get closed). A running task cannot be cut from outside.
+*/
+static int sr_task_cancel(lua_State *L) {
+  sr_task *t = sr_check_task(L, 1);
+  switch (t->state) {
+    case SR_TASK_DONE:
+    case SR_TASK_FAILED:
+    case SR_TASK_CANCELLED:
+      lua_pushboolean(L, 0);
+      return 1;
+    case SR_TASK_RUNNING:
+      return luaL_error(L, "cannot cancel a running task (it is the caller "
+                           "or one of its callers)");
+    case SR_TASK_WAITING:
+      break;
+  }
+  sr_task_detach(t);
+  t->state = SR_TASK_CANCELLED;
+  if (lua_resetthread(t->co) != LUA_OK) {
+    fprintf(stderr, "sockrun: error closing cancelled task: %s\n",
+            lua_tostring(t->co, -1));
+  }
+  lua_settop(t->co, 0);
+  t->nres = 0;
+  sr_task_finish(t);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const char *const sr_task_states[] = {"running", "waiting", "done",
+                                             "failed", "cancelled"};
+
+static int sr_task_status(lua_State *L) {
+  sr_task *t = sr_check_task(L, 1);
+  lua_pushstring(L, sr_task_states[t->state]);
+  return 1;
+}
+
+static int sr_task_tostring(lua_State *L) {
+  sr_task *t = sr_check_task(L, 1);
+  lua_pushfstring(L, "sockrun.task(%s): %p", sr_task_states[t->state],
+                  (void *)t);
+  return 1;
+}
+
+/* Only reached for a still-waiting task when the whole state closes. */
+static int sr_task_gc(lua_State *L) {
+  sr_task *t = sr_check_task(L, 1);
+  if (t->state == SR_TASK_WAITING) sr_task_detach(t);
+  sr_task_close_timer(t);
+  return 0;
+}
+
+static int sr_sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int sr_sleep(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  double sec = luaL_checknumber(L, 1);
+  sr_task *t;
+  luaL_argcheck(L, sec >= 0 && sec == sec, 1, "seconds must be >= 0");
+  t = sr__self(L, lp);
+  sr__wait(L, t, sec, 1, 0, sr_sleep_k);
+  return sr_sleep_k(L, LUA_YIELD, 0);
+}
+
+static int sr_current(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  if (lp->current == NULL || lp->current->co != L) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lp->current->ref);
+  return 1;
+}
+
+static int sr_onerror(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, lp->onerror_ref);
+  lp->onerror_ref = LUA_NOREF;
+  if (!lua_isnoneornil(L, 1)) {
+    lua_settop(L, 1);
+    lp->onerror_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const luaL_Reg sr_task_methods[] = {
+    {"join", sr_task_join},     {"cancel", sr_task_cancel},
+    {"status", sr_task_status}, {NULL, NULL}};
+
+static const luaL_Reg sr_task_funcs[] = {
+    {"spawn", sr__spawn},     {"sleep", sr_sleep},
+    {"current", sr_current}, {"onerror", sr_onerror},
+    {NULL, NULL}};
+
+/* Register the task metatable and functions into the table at the top. */
+void sr__task_open(lua_State *L, sr_loop *lp) {
+  luaL_newmetatable(L, SR_TASK_MT);
+  lua_newtable(L);
+  sr__setfuncs(L, sr_task_methods, lp);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, sr_task_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, sr_task_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  sr__setfuncs(L, sr_task_funcs, lp);
+}

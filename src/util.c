@@ -1,0 +1,190 @@
+/*
+** util.c -- plumbing shared by the other files: the nil, message, code
+** error convention, argument checks for families, ports and addresses,
+** and pushing socket addresses to Lua.
+*/
+
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include "internal.h"
+
+/* nil, message, code -- message and code from libuv, as luv does. A few
+** codes get the wording the design promises instead of strerror's. */
+int sr__fail(lua_State *L, int err) {
+  const char *msg;
+  switch (err) {
+    case UV_EBADF: msg = "socket is closed"; break;
+    case UV_ETIMEDOUT: msg = "timeout"; break;
+    case UV_ECANCELED: msg = "cancelled"; break;
+    default: msg = uv_strerror(err); break;
+  }
+  return sr__fail_msg(L, msg, uv_err_name(err));
+}
+
+int sr__fail_msg(lua_State *L, const char *msg, const char *code) {
+  luaL_pushfail(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, code);
+  return 3;
+}
+
+/* luaL_setfuncs with the loop as the single upvalue of every function. */
+void sr__setfuncs(lua_State *L, const luaL_Reg *l, sr_loop *lp) {
+  for (; l->name != NULL; l++) {
+    lua_pushlightuserdata(L, lp);
+    lua_pushcclosure(L, l->func, 1);
+    lua_setfield(L, -2, l->name);
+  }
+}
+
+const char *sr__family_name(int family) {
+  switch (family) {
+    case AF_INET: return "inet";
+    case AF_INET6: return "inet6";
+    case AF_UNIX: return "unix";
+    default: return "unknown";
+  }
+}
+
+/* A family given by name ("inet", "inet6", "unix", "local") or number. */
+int sr__check_family(lua_State *L, int arg) {
+  static const char *const names[] = {"inet", "inet6", "unix", "local",
+                                      NULL};
+  static const int values[] = {AF_INET, AF_INET6, AF_UNIX, AF_UNIX};
+  if (lua_type(L, arg) == LUA_TNUMBER) {
+    lua_Integer f = luaL_checkinteger(L, arg);
+    if (f != AF_INET && f != AF_INET6 && f != AF_UNIX)
+      luaL_argerror(L, arg, "unknown domain");
+    return (int)f;
+  }
+  return values[luaL_checkoption(L, arg, NULL, names)];
+}
+
+int sr__check_port(lua_State *L, int arg) {
+  lua_Integer port;
+  int isint;
+  port = lua_tointegerx(L, arg, &isint);
+  if (!isint) {
+    if (lua_type(L, arg) == LUA_TSTRING) /* "8080" is a fine port too */
+      luaL_argcheck(L, 0, arg, "port must be a number");
+    luaL_typeerror(L, arg, "number");
+  }
+  luaL_argcheck(L, port >= 0 && port <= 65535, arg, "port out of range");
+  return (int)port;
+}
+
+/*
+** A numeric host and a port into a sockaddr of the given family. "*" and
+** "" are the any-address; names are resolved by the Lua side before they
+** get here, so anything else that does not parse is a malformed address.
+*/
+socklen_t sr__check_inaddr(lua_State *L, int harg, int parg, int family,
+                           struct sockaddr_storage *ss) {
+  const char *host = luaL_checkstring(L, harg);
+  int port = sr__check_port(L, parg);
+  memset(ss, 0, sizeof *ss);
+  if (family == AF_INET) {
+    struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons((uint16_t)port);
+    if (*host == '\0' || strcmp(host, "*") == 0)
+      sin->sin_addr.s_addr = htonl(INADDR_ANY);
+    else if (inet_pton(AF_INET, host, &sin->sin_addr) != 1)
+      luaL_argerror(L, harg, "malformed IPv4 address");
+    return sizeof *sin;
+  } else {
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+    char buf[INET6_ADDRSTRLEN + 16];
+    const char *pct = strchr(host, '%');
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons((uint16_t)port);
+    if (*host == '\0' || strcmp(host, "*") == 0) {
+      sin6->sin6_addr = in6addr_any;
+      return sizeof *sin6;
+    }
+    if (pct != NULL) { /* fe80::1%eth0: scope id after the address */
+      size_t n = (size_t)(pct - host);
+      luaL_argcheck(L, n < sizeof buf, harg, "malformed IPv6 address");
+      memcpy(buf, host, n);
+      buf[n] = '\0';
+      sin6->sin6_scope_id = if_nametoindex(pct + 1);
+      host = buf;
+    }
+    if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
+      luaL_argerror(L, harg, "malformed IPv6 address");
+    return sizeof *sin6;
+  }
+}
+
+/* A unix path into a sockaddr_un; a leading "@" or "\0" names the Linux
+** abstract namespace. Too long a path is misuse, not silently cut. */
+socklen_t sr__check_unaddr(lua_State *L, int arg, struct sockaddr_storage *ss) {
+  size_t len;
+  const char *path = luaL_checklstring(L, arg, &len);
+  struct sockaddr_un *sun = (struct sockaddr_un *)ss;
+  memset(ss, 0, sizeof *ss);
+  sun->sun_family = AF_UNIX;
+  luaL_argcheck(L, len > 0, arg, "empty unix socket path");
+  luaL_argcheck(L, len < sizeof sun->sun_path, arg, "unix socket path too long");
+  memcpy(sun->sun_path, path, len);
+  if (path[0] == '@') {
+    sun->sun_path[0] = '\0';
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  }
+  if (path[0] == '\0')
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  luaL_argcheck(L, memchr(path, '\0', len) == NULL, arg,
+                "unix socket path contains a zero byte");
+  return sizeof *sun;
+}
+
+/* Push host, port (2 values) or a unix path (1 value). */
+int sr__push_addr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
+  char host[INET6_ADDRSTRLEN];
+  switch (sa->sa_family) {
+    case AF_INET: {
+      const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+      inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host);
+      lua_pushstring(L, host);
+      lua_pushinteger(L, ntohs(sin->sin_port));
+      return 2;
+    }
+    case AF_INET6: {
+      const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+      inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host);
+      lua_pushstring(L, host);
+      lua_pushinteger(L, ntohs(sin6->sin6_port));
+      return 2;
+    }
+    case AF_UNIX: {
+      const struct sockaddr_un *sun = (const struct sockaddr_un *)sa;
+      size_t off = offsetof(struct sockaddr_un, sun_path);
+      size_t n = len > off ? (size_t)len - off : 0;
+      if (n > 0 && sun->sun_path[0] == '\0') { /* abstract: "@name" */
+        lua_pushliteral(L, "@");
+        lua_pushlstring(L, sun->sun_path + 1, n - 1);
+        lua_concat(L, 2);
+      } else {
+        lua_pushlstring(L, sun->sun_path, strnlen(sun->sun_path, n));
+      }
+      return 1;
+    }
+    default:
+      lua_pushnil(L);
+      return 1;
+  }
+}
+
+/* Seconds: a non-negative number, or nil/false for "no bound" (-1). */
+double sr__opt_seconds(lua_State *L, int arg) {
+  double sec;
+  if (lua_isnoneornil(L, arg) || (lua_isboolean(L, arg) && !lua_toboolean(L, arg)))
+    return -1;
+  sec = luaL_checknumber(L, arg);
+  luaL_argcheck(L, sec >= 0 && sec == sec, arg, "seconds must be >= 0");
+  return sec;
+}
