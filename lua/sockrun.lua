@@ -7,32 +7,62 @@
 
 local core = require "sockrun.core"
 
-local error, type, ipairs, pairs = error, type, ipairs, pairs
+local debug_getinfo, error, type, ipairs, pairs, setmetatable =
+    debug.getinfo, error, type, ipairs, pairs, setmetatable
 local math_type, string_format = math.type, string.format
 
 local M = {}
+local private = { methods = true, counts = true, addrfamily = true }
 for k, v in pairs(core) do
-  if k ~= "methods" and k ~= "counts" then M[k] = v end
+  if not private[k] then M[k] = v end
 end
 
 local methods = core.methods
 local socket, spawn, resolve, sleep = core.socket, core.spawn, core.resolve,
     core.sleep
+local addrfamily = core.addrfamily
 local raw_bind, raw_connect, raw_sendto = methods.bind, methods.connect,
     methods.sendto
 
--- Misuse raises, worded as luaL_argerror words it.
+local THIS_FILE = debug_getinfo(1, "S").source
+
+-- Misuse raises, worded as luaL_argerror words it, at the position of the
+-- first caller outside this file (the user's line, not ours).
 local function argerror(n, fname, msg)
-  error(string_format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
+  local level = 2
+  while true do
+    local info = debug_getinfo(level, "S")
+    if not info or info.source ~= THIS_FILE then break end
+    level = level + 1
+  end
+  error(string_format("bad argument #%d to '%s' (%s)", n, fname, msg), level)
 end
 
-local function check_host(host, n, fname)
-  if type(host) ~= "string" then
-    argerror(n, fname, "string expected, got " .. type(host))
+local function check_string(v, n, fname)
+  if type(v) ~= "string" then
+    argerror(n, fname, "string expected, got " .. type(v))
   end
-  if not host:match("^[%w%.%-_:%%%*]*$") then
+end
+
+-- What a host argument is: "any" ("*" or ""), "inet"/"inet6" (a numeric
+-- address), or "name" (to resolve). A numeric-looking host that does not
+-- parse, or one of another family than the socket's, is misuse.
+local function check_host(host, n, fname, family)
+  check_string(host, n, fname)
+  if host == "*" or host == "" then return "any" end
+  local fam = addrfamily(host)
+  if fam then
+    if family and fam ~= family then
+      argerror(n, fname, "address family does not match the socket (" ..
+        family .. ")")
+    end
+    return fam
+  end
+  if host:find(":", 1, true) or host:match("^[%d%.]+$")
+      or not host:match("^[%w%.%-_]+$") then
     argerror(n, fname, "malformed address")
   end
+  return "name"
 end
 
 local function check_port(port, n, fname)
@@ -42,24 +72,35 @@ local function check_port(port, n, fname)
   if port < 0 or port > 65535 then argerror(n, fname, "port out of range") end
 end
 
-local function check_opts(opts, n, fname)
-  if opts ~= nil and type(opts) ~= "table" then
-    argerror(n, fname, "table expected, got " .. type(opts))
+-- A unix socket path: non-empty, fits sun_path, no zero byte unless it
+-- names the abstract namespace ("@name" or "\0name").
+local function check_path(path, n, fname)
+  check_string(path, n, fname)
+  if path == "" then argerror(n, fname, "empty unix socket path") end
+  if #path >= 108 then argerror(n, fname, "unix socket path too long") end
+  if path:find("\0", 2, true) then
+    argerror(n, fname, "unix socket path contains a zero byte")
   end
-  return opts or {}
 end
 
--- "inet"/"inet6" for a numeric host or the any-address, nil for a name.
-local function numeric_family(host)
-  if host == "*" or host == "" then return "inet" end
-  if host:find(":", 1, true) then return "inet6" end
-  if host:match("^%d+%.%d+%.%d+%.%d+$") then return "inet" end
-  return nil
+local function check_opts(opts, n, fname)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    argerror(n, fname, "table expected, got " .. type(opts))
+  end
+  local t, b = opts.timeout, opts.backlog
+  if t ~= nil and (type(t) ~= "number" or t < 0) then
+    argerror(n, fname, "opts.timeout must be a number >= 0")
+  end
+  if b ~= nil and (math_type(b) ~= "integer" or b < 0) then
+    argerror(n, fname, "opts.backlog must be an integer >= 0")
+  end
+  return opts
 end
 
 -- A numeric address of the given family for host, resolving a name.
-local function address_for(host, family, timeout)
-  if host == "*" or host == "" or numeric_family(host) then return host end
+local function address_for(host, kind, family, timeout)
+  if kind ~= "name" then return host end
   local list, err, code = resolve(host, family, timeout)
   if not list then return nil, err, code end
   if not list[1] then
@@ -69,19 +110,33 @@ local function address_for(host, family, timeout)
 end
 
 -- Addresses to try for host, in the resolver's order.
-local function addresses(host, timeout)
-  local fam = numeric_family(host)
-  if fam then return { { family = fam, addr = host } } end
-  return resolve(host, "any", timeout)
+local function addresses(host, kind, timeout)
+  if kind == "any" then return { { family = "inet", addr = host } } end
+  if kind ~= "name" then return { { family = kind, addr = host } } end
+  local list, err, code = resolve(host, "any", timeout)
+  if list and not list[1] then
+    return nil, "no address for " .. host, "EAI_NONAME"
+  end
+  return list, err, code
 end
+
+-- Holds a socket the library made while a call that creates it can still
+-- fail or be cancelled; closes it on the way out unless released.
+local guard_mt = { __close = function(g) if g.s then g.s:close() end end }
+local function guard(s) return setmetatable({ s = s }, guard_mt) end
 
 --- s:bind(host, port) / s:bind(path). "*" is the any-address.
 function methods:bind(host, port)
-  local family = self:family()
-  if family == nil or family == "unix" then return raw_bind(self, host) end
-  check_host(host, 1, "bind")
+  local family, err, code = self:family()
+  if not family then return nil, err, code end
+  if family == "unix" then
+    check_path(host, 1, "bind")
+    return raw_bind(self, host)
+  end
+  local kind = check_host(host, 1, "bind", family)
   check_port(port, 2, "bind")
-  local addr, err, code = address_for(host, family, (self:gettimeouts()))
+  local addr
+  addr, err, code = address_for(host, kind, family, (self:gettimeouts()))
   if not addr then return nil, err, code end
   return raw_bind(self, addr, port)
 end
@@ -89,25 +144,37 @@ end
 --- s:connect(host, port) / s:connect(path); names are resolved within the
 -- connect timeout.
 function methods:connect(host, port)
-  local family = self:family()
-  if family == nil or family == "unix" then return raw_connect(self, host) end
-  check_host(host, 1, "connect")
+  local family, err, code = self:family()
+  if not family then return nil, err, code end
+  if family == "unix" then
+    check_path(host, 1, "connect")
+    return raw_connect(self, host)
+  end
+  local kind = check_host(host, 1, "connect", family)
   check_port(port, 2, "connect")
-  local addr, err, code = address_for(host, family, (self:gettimeouts()))
+  local addr
+  addr, err, code = address_for(host, kind, family, (self:gettimeouts()))
   if not addr then return nil, err, code end
   return raw_connect(self, addr, port)
 end
 
 --- s:sendto(data, host, port) / s:sendto(data, path) / s:sendto(data).
 function methods:sendto(data, host, port)
-  local family = self:family()
-  if family == nil or family == "unix" or host == nil then
+  if type(data) ~= "string" and type(data) ~= "number" then
+    argerror(1, "sendto", "string expected, got " .. type(data))
+  end
+  local family, err, code = self:family()
+  if not family then return nil, err, code end
+  if host == nil then return raw_sendto(self, data) end
+  if family == "unix" then
+    check_path(host, 2, "sendto")
     return raw_sendto(self, data, host)
   end
-  check_host(host, 2, "sendto")
+  local kind = check_host(host, 2, "sendto", family)
   check_port(port, 3, "sendto")
   local _, _, wt = self:gettimeouts()
-  local addr, err, code = address_for(host, family, wt)
+  local addr
+  addr, err, code = address_for(host, kind, family, wt)
   if not addr then return nil, err, code end
   return raw_sendto(self, data, addr, port)
 end
@@ -122,40 +189,41 @@ end
 -- connected stream socket, trying each address of a name in turn.
 -- opts.timeout bounds resolution and each connect.
 function M.connect(host, port, opts)
-  local timeout
   if type(port) ~= "number" then -- unix path
-    if type(host) ~= "string" then
-      argerror(1, "connect", "string expected, got " .. type(host))
-    end
-    timeout = check_opts(port, 2, "connect").timeout
+    check_path(host, 1, "connect")
+    local timeout = check_opts(port, 2, "connect").timeout
     local s, err, code = socket("unix", "stream")
     if not s then return nil, err, code end
+    local g <close> = guard(s)
     s:settimeout(timeout)
     local ok
     ok, err, code = raw_connect(s, host)
-    if not ok then s:close(); return nil, err, code end
+    if not ok then return nil, err, code end
+    s:settimeout(nil)
+    g.s = nil
     return s
   end
-  check_host(host, 1, "connect")
+  local kind = check_host(host, 1, "connect")
   check_port(port, 2, "connect")
-  timeout = check_opts(opts, 3, "connect").timeout
-  local list, err, code = addresses(host, timeout)
+  local timeout = check_opts(opts, 3, "connect").timeout
+  local list, err, code = addresses(host, kind, timeout)
   if not list then return nil, err, code end
   for _, a in ipairs(list) do
     local s
     s, err, code = socket(a.family, "stream")
     if s then
+      local g <close> = guard(s)
       s:settimeout(timeout)
       local ok
       ok, err, code = raw_connect(s, a.addr, port)
       if ok then
         s:settimeout(nil)
+        g.s = nil
         return s
       end
-      s:close()
     end
   end
-  return nil, err or "no address to connect to", code or "EAI_NONAME"
+  return nil, err, code
 end
 
 -- One connection: the handler's task owns it and closes it on the way out,
@@ -186,9 +254,7 @@ function M.listen(host, port, handler, opts)
   local s, ok, err, code
   if type(port) ~= "number" then -- unix path
     host, handler, opts = host, port, handler
-    if type(host) ~= "string" then
-      argerror(1, "listen", "string expected, got " .. type(host))
-    end
+    check_path(host, 1, "listen")
     if type(handler) ~= "function" then
       argerror(2, "listen", "function expected, got " .. type(handler))
     end
@@ -197,17 +263,16 @@ function M.listen(host, port, handler, opts)
     if not s then return nil, err, code end
     ok, err, code = raw_bind(s, host)
   else
-    check_host(host, 1, "listen")
+    local kind = check_host(host, 1, "listen")
     check_port(port, 2, "listen")
     if type(handler) ~= "function" then
       argerror(3, "listen", "function expected, got " .. type(handler))
     end
     opts = check_opts(opts, 4, "listen")
     local list
-    list, err, code = addresses(host)
+    list, err, code = addresses(host, kind, opts.timeout)
     if not list then return nil, err, code end
     local a = list[1]
-    if not a then return nil, "no address for " .. host, "EAI_NONAME" end
     s, err, code = socket(a.family, "stream")
     if not s then return nil, err, code end
     s:setsockopt("reuseaddr", true)
@@ -230,17 +295,15 @@ end
 -- given (an unbound one is IPv4).
 function M.udp(host, port)
   if host == nil then return socket("inet", "dgram") end
-  check_host(host, 1, "udp")
+  local kind = check_host(host, 1, "udp")
   check_port(port, 2, "udp")
-  local list, err, code = addresses(host)
+  local list, err, code = addresses(host, kind)
   if not list then return nil, err, code end
-  local a = list[1]
-  if not a then return nil, "no address for " .. host, "EAI_NONAME" end
   local s
-  s, err, code = socket(a.family, "dgram")
+  s, err, code = socket(list[1].family, "dgram")
   if not s then return nil, err, code end
   local ok
-  ok, err, code = raw_bind(s, a.addr, port)
+  ok, err, code = raw_bind(s, list[1].addr, port)
   if not ok then
     s:close()
     return nil, err, code

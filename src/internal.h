@@ -141,6 +141,8 @@ int sr__fail(lua_State *L, int err);
 int sr__fail_msg(lua_State *L, const char *msg, const char *code);
 void sr__setfuncs(lua_State *L, const luaL_Reg *l, sr_loop *lp);
 int sr__check_family(lua_State *L, int arg);
+int sr__check_name(lua_State *L, int arg, const char *const names[],
+                   const char *what);
 int sr__check_port(lua_State *L, int arg);
 socklen_t sr__check_inaddr(lua_State *L, int harg, int parg, int family,
                            struct sockaddr_storage *ss);

@@ -66,43 +66,62 @@ typedef struct {
   int stdin_script;
 } sr_args;
 
-/* The main task: -e and -l in order, then the script with its arguments. */
-static int sr_main_body(lua_State *L) {
+/* Set the global for "-l mod" or "-l g=mod"; the module is at the top. */
+static void sr_main_setlib(lua_State *L, const char *val) {
+  const char *eq = strchr(val, '=');
+  if (eq)
+    lua_pushlstring(L, val, (size_t)(eq - val));
+  else
+    lua_pushstring(L, val);
+  lua_insert(L, -2);
+  lua_setglobal(L, lua_tostring(L, -2));
+  lua_pop(L, 1); /* the name */
+}
+
+/*
+** The main task: -e and -l in order, then the script with its arguments.
+** Chunks are called with lua_callk so they can block (yield the task).
+** ctx says where to go on after each: > 0, the argv index of the next
+** option (past the script index: all done); < 0, -(index of a -l value)
+** whose module has just been required.
+*/
+static int sr_main_body_k(lua_State *L, int status, lua_KContext ctx) {
   sr_args *a = lua_touserdata(L, lua_upvalueindex(1));
-  int i, n, last = a->script ? a->script : a->argc;
-  for (i = 1; i < last; i++) {
-    const char *opt = a->argv[i];
-    if (strcmp(opt, "-e") == 0 || strcmp(opt, "-l") == 0) {
+  int i = (int)ctx, n, last = a->script ? a->script : a->argc;
+  (void)status;
+  if (i < 0) {
+    i = -i;
+    sr_main_setlib(L, a->argv[i]);
+    i++;
+  }
+  for (; i < last; i++) {
+    if (strcmp(a->argv[i], "-e") == 0) {
+      const char *code = a->argv[++i];
+      if (luaL_loadbuffer(L, code, strlen(code), "=(command line)") != LUA_OK)
+        return lua_error(L);
+      lua_callk(L, 0, 0, i + 1, sr_main_body_k);
+    } else if (strcmp(a->argv[i], "-l") == 0) {
       const char *val = a->argv[++i];
-      if (opt[1] == 'e') {
-        if (luaL_loadbuffer(L, val, strlen(val), "=(command line)") != LUA_OK)
-          return lua_error(L);
-        lua_call(L, 0, 0);
-      } else {
-        const char *eq = strchr(val, '=');
-        const char *mod = eq ? eq + 1 : val;
-        lua_getglobal(L, "require");
-        lua_pushstring(L, mod);
-        lua_call(L, 1, 1);
-        if (eq)
-          lua_pushlstring(L, val, (size_t)(eq - val));
-        else
-          lua_pushstring(L, val);
-        lua_insert(L, -2);
-        lua_setglobal(L, lua_tostring(L, -2));
-        lua_pop(L, 1);
-      }
+      const char *eq = strchr(val, '=');
+      lua_getglobal(L, "require");
+      lua_pushstring(L, eq ? eq + 1 : val);
+      lua_callk(L, 1, 1, -i, sr_main_body_k);
+      sr_main_setlib(L, val);
     }
   }
-  if (a->script == 0 && !a->stdin_script) return 0;
+  if (i > last || (a->script == 0 && !a->stdin_script)) return 0;
   if (luaL_loadfile(L, a->stdin_script ? NULL : a->argv[a->script]) != LUA_OK)
     return lua_error(L);
   n = 0;
   if (a->script)
     for (i = a->script + 1; i < a->argc; i++, n++)
       lua_pushstring(L, a->argv[i]);
-  lua_call(L, n, 0);
+  lua_callk(L, n, 0, last + 1, sr_main_body_k);
   return 0;
+}
+
+static int sr_main_body(lua_State *L) {
+  return sr_main_body_k(L, LUA_OK, 1);
 }
 
 /* Global `arg`, as lua5.4 makes it. */

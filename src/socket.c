@@ -4,6 +4,7 @@
 ** accept, connect, addresses, timeouts and tostring.
 */
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -190,7 +191,7 @@ static int sr_socket_new(lua_State *L) {
     luaL_argcheck(L, t == SOCK_STREAM || t == SOCK_DGRAM, 2, "unknown type");
     type = (int)t;
   } else {
-    type = luaL_checkoption(L, 2, NULL, types) == 0 ? SOCK_STREAM : SOCK_DGRAM;
+    type = sr__check_name(L, 2, types, "type") == 0 ? SOCK_STREAM : SOCK_DGRAM;
   }
   luaL_argcheck(L, proto == 0 ||
                    (family != AF_UNIX && type == SOCK_STREAM &&
@@ -667,6 +668,30 @@ static int sr_socket_write(lua_State *L) {
                                           : sr__stream_write(L);
 }
 
+/* core.addrfamily(host): "inet" or "inet6" for a numeric address, nil
+** for anything else; lets the Lua side tell a malformed literal from a
+** name without raising from inside its own calls. */
+static int sr_addrfamily(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  unsigned char buf[sizeof(struct in6_addr)];
+  char tmp[INET6_ADDRSTRLEN + 1];
+  const char *pct = strchr(host, '%');
+  if (inet_pton(AF_INET, host, buf) == 1) {
+    lua_pushliteral(L, "inet");
+    return 1;
+  }
+  if (pct != NULL && (size_t)(pct - host) < sizeof tmp) {
+    memcpy(tmp, host, (size_t)(pct - host));
+    tmp[pct - host] = '\0';
+    host = tmp;
+  }
+  if (inet_pton(AF_INET6, host, buf) == 1) {
+    lua_pushliteral(L, "inet6");
+    return 1;
+  }
+  return 0;
+}
+
 static const luaL_Reg sr_socket_methods[] = {
     {"setsockopt", sr_socket_setsockopt},
     {"getsockopt", sr_socket_getsockopt},
@@ -728,6 +753,8 @@ void sr__socket_open(lua_State *L, sr_loop *lp) {
   lua_pushlightuserdata(L, lp);
   lua_pushcclosure(L, sr_socket_new, 1);
   lua_setfield(L, -2, "socket");
+  lua_pushcfunction(L, sr_addrfamily);
+  lua_setfield(L, -2, "addrfamily");
   for (i = 0; sr_constants[i].name != NULL; i++) {
     lua_pushinteger(L, sr_constants[i].value);
     lua_setfield(L, -2, sr_constants[i].name);

@@ -162,7 +162,7 @@ static int sr_stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
       if (s->len > 0) return sr_stream_end(L, s);
       break;
     case SR_READ_COUNT:
-      if (s->len >= count) {
+      if (s->len >= count && (count > 0 || s->len > 0 || !ended)) {
         lua_pushlstring(L, s->buf ? s->buf + s->off : "", count);
         if (count > 0) sr_stream_consume(s, count);
         return 1;
@@ -297,14 +297,14 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs,
 #define SR_IOV_STACK 16
 
 int sr__stream_write(lua_State *L) {
-  sr_socket *s = sr__check_socket(L, 1);
   int i, n = lua_gettop(L), nb = n - 1, first = 0, err;
+  sr_socket *s;
   uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
   size_t total = 0;
   ssize_t done;
   sigset_t saved;
   for (i = 2; i <= n; i++) luaL_checklstring(L, i, NULL);
-  if (s == NULL) return 3;
+  if ((s = sr__check_socket(L, 1)) == NULL) return 3;
   if (s->werr != 0) return sr__fail(L, s->werr);
   if (s->shut) return sr__fail(L, UV_EPIPE);
   if (nb == 0) {

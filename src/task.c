@@ -66,7 +66,7 @@ sr_task *sr__self(lua_State *L, sr_loop *lp) {
                     "iterator or sort comparator); use sr.spawn");
     return t;
   }
-  if (lp->running > 0)
+  if (lp->running > 0 || t != NULL)
     luaL_error(L, "cannot block outside a sockrun task while the loop is "
                   "running (a coroutine sockrun did not create); use "
                   "sr.spawn");

@@ -61,7 +61,18 @@ int sr__check_family(lua_State *L, int arg) {
       luaL_argerror(L, arg, "unknown domain");
     return (int)f;
   }
-  return values[luaL_checkoption(L, arg, NULL, names)];
+  return values[sr__check_name(L, arg, names, "domain")];
+}
+
+/* luaL_checkoption, worded "unknown <what> 'x'". */
+int sr__check_name(lua_State *L, int arg, const char *const names[],
+                   const char *what) {
+  const char *name = luaL_checkstring(L, arg);
+  int i;
+  for (i = 0; names[i] != NULL; i++)
+    if (strcmp(names[i], name) == 0) return i;
+  return luaL_argerror(L, arg,
+                       lua_pushfstring(L, "unknown %s '%s'", what, name));
 }
 
 int sr__check_port(lua_State *L, int arg) {
