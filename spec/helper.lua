@@ -73,7 +73,9 @@ end
 
 --- Write a Lua script to a temporary file and return its path.
 function H.script(src)
-  local path = os.tmpname() .. ".lua"
+  local base = os.tmpname() -- creates the file: keep the name, drop the file
+  os.remove(base)
+  local path = base .. ".lua"
   local f = assert(io.open(path, "w"))
   f:write(src)
   f:close()

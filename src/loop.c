@@ -62,7 +62,8 @@ static void sr_check_can_run(lua_State *L, sr_loop *lp, const char *what) {
 }
 
 /* sr.run([fn, ...]): spawn fn if given, then run until no work is left or
-** sr.stop(). */
+** sr.stop(). A stop asked for before the loop runs (by fn's first steps,
+** say) is kept, so sr.run returns at once. */
 static int sr_run(lua_State *L) {
   sr_loop *lp = sr_getloop(L);
   sr_check_can_run(L, lp, "sr.run");
@@ -72,7 +73,6 @@ static int sr_run(lua_State *L) {
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 0);
   }
-  lp->stopped = 0;
   while (!lp->stopped && sr__run(lp, L, UV_RUN_DEFAULT) != 0) {
   }
   lp->stopped = 0;
@@ -151,12 +151,16 @@ static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
 static int sr_loop_gc(lua_State *L) {
   sr_loop **ud = lua_touserdata(L, 1);
   sr_loop *lp = *ud;
+  int i;
   if (lp == NULL) return 0;
   *ud = NULL;
   lp->L = NULL; /* from here on no callback may touch Lua */
   uv_walk(&lp->uv, sr_teardown_walk_cb, NULL);
-  uv_run(&lp->uv, UV_RUN_DEFAULT);
-  if (uv_loop_close(&lp->uv) == 0) free(lp);
+  /* The first run may only clear a stop flag left by sr.stop(); a few more
+  ** let close callbacks and thread-pool lookups finish. */
+  for (i = 0; i < 8 && uv_loop_close(&lp->uv) == UV_EBUSY; i++)
+    uv_run(&lp->uv, UV_RUN_DEFAULT);
+  if (i < 8) free(lp);
   /* else a handle we do not know is still open: leak the loop rather than
   ** free memory libuv still points into */
   return 0;

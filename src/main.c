@@ -113,6 +113,7 @@ static int sr_main_body_k(lua_State *L, int status, lua_KContext ctx) {
   if (luaL_loadfile(L, a->stdin_script ? NULL : a->argv[a->script]) != LUA_OK)
     return lua_error(L);
   n = 0;
+  /* the script's arguments, also its `...` */
   if (a->script)
     for (i = a->script + 1; i < a->argc; i++, n++)
       lua_pushstring(L, a->argv[i]);
@@ -148,7 +149,8 @@ static int sr_collect(int argc, char **argv, sr_args *a, int *interactive,
       if (i + 1 < argc) a->script = i + 1;
       return 0;
     }
-    if (strcmp(o, "-") == 0) {
+    if (strcmp(o, "-") == 0) { /* the script is stdin; args follow */
+      a->script = i;
       a->stdin_script = 1;
       return 0;
     }

@@ -1,0 +1,1335 @@
+-- Sockets: sr.socket, options, bind/listen/accept/connect, addresses,
+-- descriptors, tostring, close and its wake-ups, timeouts, and the
+-- sr.connect / sr.listen / sr.resolve helpers. Real sockets on loopback;
+-- straight-line code at top level (blocking calls drive the loop), and the
+-- key cases again inside a task.
+local H = require "helper"
+local sr = H.sr
+
+-- Helpers local to this file ---------------------------------------------
+
+-- Run fn as a task and fail the test with the task's error if it fails.
+local function in_task(fn)
+  local t = sr.spawn(function() fn(); return true end)
+  local ok, err, code = t:join(10)
+  if ok == nil and code == "ETIMEDOUT" then t:cancel() end
+  assert(ok, err)
+end
+
+-- fn(...) must raise an error whose message contains every given string.
+local function raises(fn, ...)
+  local ok, err = pcall(fn)
+  assert.is_false(ok, "expected an error")
+  err = tostring(err)
+  for _, s in ipairs({ ... }) do
+    assert(err:find(s, 1, true), "error '" .. err .. "' lacks '" .. s .. "'")
+  end
+  return err
+end
+
+local function assert_fail(code, ok, msg, got)
+  assert.is_nil(ok)
+  assert.is_string(msg)
+  assert.equal(code, got)
+end
+
+local function assert_closed(...)
+  local n = select("#", ...)
+  local ok, msg, code = ...
+  assert.equal(3, n)
+  assert.is_nil(ok)
+  assert.equal("socket is closed", msg)
+  assert.equal("EBADF", code)
+end
+
+-- A raw listening TCP socket on host (default 127.0.0.1) and a free port.
+local function listener(host, family, backlog)
+  local s = assert(sr.socket(family or "inet", "stream"))
+  assert(s:bind(host or "127.0.0.1", 0))
+  assert(s:listen(backlog))
+  local _, port = s:getsockname()
+  return s, port
+end
+
+-- A connected pair: client socket, accepted socket.
+local function pair()
+  local l, port = listener()
+  local c = assert(sr.socket("inet", "stream"))
+  assert(c:connect("127.0.0.1", port))
+  local a = assert(l:accept())
+  l:close()
+  return c, a
+end
+
+-- A port nothing listens on (bound, then closed).
+local function closed_port()
+  local s = assert(sr.socket("inet", "stream"))
+  assert(s:bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+-- A listener whose backlog is full, so that the next connect hangs; the
+-- sockets used to fill it come back to be closed. nil when the system
+-- completes every connection (then a connect timeout cannot be provoked).
+local function full_listener()
+  local l, port = listener("127.0.0.1", "inet", 0)
+  local fillers = {}
+  for _ = 1, 32 do
+    local c = assert(sr.socket("inet", "stream"))
+    c:settimeout(0.2)
+    local ok, _, code = c:connect("127.0.0.1", port)
+    fillers[#fillers + 1] = c
+    if not ok then
+      assert.equal("ETIMEDOUT", code)
+      return l, port, fillers
+    end
+  end
+  for _, c in ipairs(fillers) do c:close() end
+  l:close()
+  return nil
+end
+
+local function close_all(list)
+  for _, s in ipairs(list) do s:close() end
+end
+
+-- Step the loop until the live-socket count is at most n (bounded).
+local function settle_to(n)
+  for _ = 1, 200 do
+    local nsock = sr._core.counts()
+    if nsock <= n then return nsock end
+    sr.step()
+  end
+  return (sr._core.counts())
+end
+
+after_each(H.assert_clean)
+-- A test that failed half-way must not leave its sockets to the next one:
+-- those nobody references any more are collected (and so closed) here.
+after_each(function()
+  collectgarbage()
+  collectgarbage()
+  H.settle()
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("sr.socket", function()
+  local domains = { "inet", "inet6", "unix" }
+  local types = { "stream", "dgram" }
+
+  it("creates every domain and type given by name", function()
+    for _, d in ipairs(domains) do
+      for _, t in ipairs(types) do
+        local s = assert(sr.socket(d, t))
+        local fam, kind = s:family()
+        assert.equal(d, fam)
+        assert.equal(t, kind)
+        assert.is_true(s:fileno() > 2)
+        assert.is_true(s:close())
+      end
+    end
+  end)
+
+  it("creates every domain and type given by constant", function()
+    local dc = { inet = sr.AF_INET, inet6 = sr.AF_INET6, unix = sr.AF_UNIX }
+    local tc = { stream = sr.SOCK_STREAM, dgram = sr.SOCK_DGRAM }
+    for _, d in ipairs(domains) do
+      for _, t in ipairs(types) do
+        assert.is_number(dc[d])
+        assert.is_number(tc[t])
+        local s = assert(sr.socket(dc[d], tc[t]))
+        local fam, kind = s:family()
+        assert.equal(d, fam)
+        assert.equal(t, kind)
+        s:close()
+      end
+    end
+  end)
+
+  it("accepts the alias \"local\" and sr.AF_LOCAL for unix", function()
+    assert.equal(sr.AF_UNIX, sr.AF_LOCAL)
+    local a = assert(sr.socket("local", "stream"))
+    local b = assert(sr.socket(sr.AF_LOCAL, "dgram"))
+    assert.equal("unix", (a:family()))
+    assert.equal("unix", (b:family()))
+    a:close()
+    b:close()
+  end)
+
+  it("accepts protocol 0", function()
+    local s = assert(sr.socket("inet", "stream", 0))
+    s:close()
+  end)
+
+  it("raises for an unknown domain name, naming argument 1", function()
+    raises(function() return sr.socket("bogus", "stream") end,
+      "bad argument #1 to 'socket'", "unknown domain")
+  end)
+
+  it("raises for an unknown domain number, naming argument 1", function()
+    raises(function() return sr.socket(12345, "stream") end,
+      "bad argument #1 to 'socket'", "unknown domain")
+  end)
+
+  it("raises for an unknown type name, naming argument 2", function()
+    raises(function() return sr.socket("inet", "raw") end,
+      "bad argument #2 to 'socket'", "unknown type")
+  end)
+
+  it("raises for an unknown type number, naming argument 2", function()
+    raises(function() return sr.socket(sr.AF_INET, 12345) end,
+      "bad argument #2 to 'socket'", "unknown type")
+  end)
+
+  it("raises for a missing type", function()
+    raises(function() return sr.socket("inet") end,
+      "bad argument #2 to 'socket'")
+  end)
+
+  it("works inside a task", function()
+    in_task(function()
+      local s = assert(sr.socket("inet6", "stream"))
+      assert.equal("inet6", (s:family()))
+      s:close()
+    end)
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:setsockopt and s:getsockopt", function()
+  local s
+  before_each(function() s = assert(sr.socket("inet", "stream")) end)
+  after_each(function() s:close() end)
+
+  for _, name in ipairs({ "reuseaddr", "reuseport", "nodelay" }) do
+    it("sets and reads back the boolean option " .. name, function()
+      assert.is_true(s:setsockopt(name, true))
+      assert.is_true(s:getsockopt(name))
+      assert.is_true(s:setsockopt(name, false))
+      assert.is_false(s:getsockopt(name))
+    end)
+  end
+
+  it("sets keepalive to a number of seconds and reads it back", function()
+    assert.is_true(s:setsockopt("keepalive", 30))
+    assert.equal(30, s:getsockopt("keepalive"))
+  end)
+
+  it("turns keepalive off with false", function()
+    assert.is_true(s:setsockopt("keepalive", 30))
+    assert.is_true(s:setsockopt("keepalive", false))
+    assert.is_false(s:getsockopt("keepalive"))
+  end)
+
+  it("sets linger to a number of seconds and reads it back", function()
+    assert.is_true(s:setsockopt("linger", 5))
+    assert.equal(5, s:getsockopt("linger"))
+  end)
+
+  it("turns linger off with false", function()
+    assert.is_true(s:setsockopt("linger", 5))
+    assert.is_true(s:setsockopt("linger", false))
+    assert.is_false(s:getsockopt("linger"))
+  end)
+
+  for _, name in ipairs({ "rcvbuf", "sndbuf" }) do
+    it("sets " .. name .. " and reads back at least that size", function()
+      assert.is_true(s:setsockopt(name, 65536))
+      local v = s:getsockopt(name)
+      assert.equal("integer", math.type(v))
+      assert.is_true(v >= 65536)
+    end)
+
+    it("raises for a non-positive " .. name, function()
+      raises(function() return s:setsockopt(name, 0) end,
+        "bad argument #2 to 'setsockopt'")
+    end)
+  end
+
+  it("sets broadcast on a datagram socket", function()
+    local u = assert(sr.socket("inet", "dgram"))
+    assert.is_true(u:setsockopt("broadcast", true))
+    assert.is_true(u:getsockopt("broadcast"))
+    assert.is_true(u:setsockopt("broadcast", false))
+    assert.is_false(u:getsockopt("broadcast"))
+    u:close()
+  end)
+
+  it("sets ipv6only on an inet6 socket", function()
+    local s6 = assert(sr.socket("inet6", "stream"))
+    assert.is_true(s6:setsockopt("ipv6only", true))
+    assert.is_true(s6:getsockopt("ipv6only"))
+    assert.is_true(s6:setsockopt("ipv6only", false))
+    assert.is_false(s6:getsockopt("ipv6only"))
+    s6:close()
+  end)
+
+  it("takes the raw form with level, option and an integer", function()
+    assert.is_true(s:setsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR, 1))
+    assert.is_true(s:getsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR) ~= 0)
+    assert.is_true(s:setsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR, 0))
+    assert.equal(0, s:getsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR))
+    assert.equal(sr.SOCK_STREAM, s:getsockopt(sr.SOL_SOCKET, sr.SO_TYPE))
+    assert.is_true(s:setsockopt(sr.IPPROTO_TCP, sr.TCP_NODELAY, 1))
+    assert.is_true(s:getsockopt("nodelay"))
+  end)
+
+  it("returns nil, msg, code for an unknown raw option", function()
+    assert_fail("ENOPROTOOPT", s:getsockopt(sr.SOL_SOCKET, 9999))
+    assert_fail("ENOPROTOOPT", s:setsockopt(sr.SOL_SOCKET, 9999, 1))
+  end)
+
+  it("raises for an unknown option name", function()
+    raises(function() return s:setsockopt("bogus", true) end,
+      "bad argument #1 to 'setsockopt'", "unknown option")
+    raises(function() return s:getsockopt("bogus") end,
+      "bad argument #1 to 'getsockopt'", "unknown option")
+  end)
+
+  it("raises for a value of the wrong type", function()
+    raises(function() return s:setsockopt("nodelay", 1) end,
+      "bad argument #2 to 'setsockopt'")
+    raises(function() return s:setsockopt("reuseaddr", "yes") end,
+      "bad argument #2 to 'setsockopt'")
+    raises(function() return s:setsockopt("rcvbuf", "big") end,
+      "bad argument #2 to 'setsockopt'")
+    raises(function() return s:setsockopt("keepalive", "often") end,
+      "bad argument #2 to 'setsockopt'")
+    raises(function() return s:setsockopt("linger", {}) end,
+      "bad argument #2 to 'setsockopt'")
+  end)
+
+  it("returns nil, msg, code for an option that does not apply", function()
+    local u = assert(sr.socket("unix", "stream"))
+    local ok, msg, code = u:setsockopt("nodelay", true)
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.is_string(code)
+    ok, msg, code = u:getsockopt("nodelay")
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.is_string(code)
+    u:close()
+    ok, msg, code = s:setsockopt("ipv6only", true) -- on an inet socket
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.is_string(code)
+  end)
+
+  it("answers EBADF on a closed socket", function()
+    s:close()
+    assert_closed(s:setsockopt("nodelay", true))
+    assert_closed(s:getsockopt("nodelay"))
+    assert_closed(s:setsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR, 1))
+    assert_closed(s:getsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR))
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:bind", function()
+  it("binds port 0 to a free port that getsockname reports", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert.is_true(s:bind("127.0.0.1", 0))
+    local host, port = s:getsockname()
+    assert.equal("127.0.0.1", host)
+    assert.equal("integer", math.type(port))
+    assert.is_true(port > 0 and port < 65536)
+    s:close()
+  end)
+
+  it("binds \"*\" to the IPv4 any-address", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert.is_true(s:bind("*", 0))
+    assert.equal("0.0.0.0", (s:getsockname()))
+    s:close()
+  end)
+
+  it("binds \"0.0.0.0\" to the IPv4 any-address", function()
+    local s = assert(sr.socket("inet", "dgram"))
+    assert.is_true(s:bind("0.0.0.0", 0))
+    assert.equal("0.0.0.0", (s:getsockname()))
+    s:close()
+  end)
+
+  it("binds \"::\" to the IPv6 any-address", function()
+    local s = assert(sr.socket("inet6", "stream"))
+    assert.is_true(s:bind("::", 0))
+    assert.equal("::", (s:getsockname()))
+    s:close()
+  end)
+
+  it("binds ::1 on an inet6 socket", function()
+    local s = assert(sr.socket("inet6", "stream"))
+    assert.is_true(s:bind("::1", 0))
+    local host, port = s:getsockname()
+    assert.equal("::1", host)
+    assert.is_true(port > 0)
+    s:close()
+  end)
+
+  it("resolves \"localhost\"", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert.is_true(s:bind("localhost", 0))
+    assert.equal("127.0.0.1", (s:getsockname()))
+    s:close()
+  end)
+
+  it("fails with EADDRINUSE when the port is taken by a listener", function()
+    local l, port = listener()
+    local s = assert(sr.socket("inet", "stream"))
+    assert_fail("EADDRINUSE", s:bind("127.0.0.1", port))
+    s:setsockopt("reuseaddr", true)
+    assert_fail("EADDRINUSE", s:bind("127.0.0.1", port))
+    s:close()
+    l:close()
+  end)
+
+  it("returns nil, msg, code for a name that does not resolve", function()
+    local s = assert(sr.socket("inet", "stream"))
+    local ok, msg, code = s:bind("no-such-host.invalid", 0)
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.matches("^EAI_", code)
+    s:close()
+  end)
+
+  it("raises for a malformed address, naming argument 1", function()
+    local s = assert(sr.socket("inet", "stream"))
+    raises(function() return s:bind("bad host!", 0) end,
+      "bad argument #1 to 'bind'", "malformed address")
+    raises(function() return s:bind("999.1.1.1", 0) end,
+      "bad argument #1 to 'bind'", "malformed")
+    s:close()
+  end)
+
+  it("raises for an address of another family, naming argument 1",
+    function()
+      local s = assert(sr.socket("inet", "stream"))
+      raises(function() return s:bind("::1", 0) end,
+        "bad argument #1 to 'bind'")
+      s:close()
+    end)
+
+  it("raises for a port out of range, naming argument 2", function()
+    local s = assert(sr.socket("inet", "stream"))
+    raises(function() return s:bind("127.0.0.1", 70000) end,
+      "bad argument #2 to 'bind'", "port out of range")
+    raises(function() return s:bind("127.0.0.1", -1) end,
+      "bad argument #2 to 'bind'", "port out of range")
+    raises(function() return s:bind("127.0.0.1", 65536) end,
+      "port out of range")
+    s:close()
+  end)
+
+  it("raises for a port that is not an integer", function()
+    local s = assert(sr.socket("inet", "stream"))
+    raises(function() return s:bind("127.0.0.1", 1.5) end,
+      "bad argument #2 to 'bind'")
+    raises(function() return s:bind("127.0.0.1", {}) end,
+      "bad argument #2 to 'bind'")
+    s:close()
+  end)
+
+  it("answers EBADF on a closed socket", function()
+    local s = assert(sr.socket("inet", "stream"))
+    s:close()
+    assert_closed(s:bind("127.0.0.1", 0))
+  end)
+
+  it("works inside a task", function()
+    in_task(function()
+      local s = assert(sr.socket("inet", "stream"))
+      assert.is_true(s:bind("localhost", 0))
+      assert.equal("127.0.0.1", (s:getsockname()))
+      s:close()
+    end)
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:listen", function()
+  it("puts a bound socket in passive mode", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert(s:bind("127.0.0.1", 0))
+    assert.is_true(s:listen())
+    local _, port = s:getsockname()
+    assert.equal("sockrun.socket(tcp, 127.0.0.1:" .. port .. ", listening)",
+      tostring(s))
+    s:close()
+  end)
+
+  it("takes a backlog", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert(s:bind("127.0.0.1", 0))
+    assert.is_true(s:listen(8))
+    local _, port = s:getsockname()
+    local c = assert(sr.connect("127.0.0.1", port))
+    local a = assert(s:accept())
+    a:close()
+    c:close()
+    s:close()
+  end)
+
+  it("raises for a negative backlog", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert(s:bind("127.0.0.1", 0))
+    raises(function() return s:listen(-1) end, "bad argument #1 to 'listen'")
+    s:close()
+  end)
+
+  it("returns nil, msg, code on a datagram socket", function()
+    local u = assert(sr.socket("inet", "dgram"))
+    local ok, msg, code = u:listen()
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.is_string(code)
+    u:close()
+  end)
+
+  it("answers EBADF on a closed socket", function()
+    local s = assert(sr.socket("inet", "stream"))
+    s:close()
+    assert_closed(s:listen())
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:accept", function()
+  it("returns the connection, the peer host and the peer port", function()
+    local l, port = listener()
+    local c = assert(sr.socket("inet", "stream"))
+    assert(c:connect("127.0.0.1", port))
+    local a, host, pport = l:accept()
+    assert.is_userdata(a)
+    assert.equal("127.0.0.1", host)
+    local _, cport = c:getsockname()
+    assert.equal(cport, pport)
+    assert.matches("connected%)$", tostring(a))
+    a:write("ping\n")
+    assert.equal("ping", c:read("l"))
+    a:close()
+    c:close()
+    l:close()
+  end)
+
+  it("accepts over IPv6", function()
+    local l, port = listener("::1", "inet6")
+    local c = assert(sr.connect("::1", port))
+    local a, host, pport = l:accept()
+    assert.is_userdata(a)
+    assert.equal("::1", host)
+    assert.equal(select(2, c:getsockname()), pport)
+    a:close()
+    c:close()
+    l:close()
+  end)
+
+  it("times out with ETIMEDOUT and still works after", function()
+    local l, port = listener()
+    l:settimeout(0.05)
+    local a, msg, code = l:accept()
+    assert.is_nil(a)
+    assert.equal("timeout", msg)
+    assert.equal("ETIMEDOUT", code)
+    local c = assert(sr.connect("127.0.0.1", port))
+    a = assert(l:accept())
+    a:close()
+    c:close()
+    l:close()
+  end)
+
+  it("returns nil, msg, code on a socket that is not listening", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert(s:bind("127.0.0.1", 0))
+    local a, msg, code = s:accept()
+    assert.is_nil(a)
+    assert.is_string(msg)
+    assert.equal("EINVAL", code)
+    s:close()
+  end)
+
+  it("answers EBADF on a closed socket", function()
+    local l = listener()
+    l:close()
+    assert_closed(l:accept())
+  end)
+
+  it("waits inside a task while the top level connects", function()
+    local l, port = listener()
+    local t = sr.spawn(function()
+      l:settimeout(5)
+      local a, host = l:accept()
+      local line = a and a:read("l")
+      if a then a:close() end
+      return host, line
+    end)
+    assert.equal("waiting", t:status())
+    local c = assert(sr.connect("127.0.0.1", port))
+    c:write("from top\n")
+    local host, line = t:join(5)
+    assert.equal("127.0.0.1", host)
+    assert.equal("from top", line)
+    c:close()
+    l:close()
+  end)
+
+  it("times out inside a task and still works after", function()
+    in_task(function()
+      local l, port = listener()
+      l:settimeout(0.05)
+      assert_fail("ETIMEDOUT", l:accept())
+      local c = assert(sr.connect("127.0.0.1", port))
+      local a = assert(l:accept())
+      a:close()
+      c:close()
+      l:close()
+    end)
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:connect", function()
+  it("connects to a listener and returns true", function()
+    local l, port = listener()
+    local c = assert(sr.socket("inet", "stream"))
+    assert.is_true(c:connect("127.0.0.1", port))
+    local host, pport = c:getpeername()
+    assert.equal("127.0.0.1", host)
+    assert.equal(port, pport)
+    c:close()
+    l:close()
+  end)
+
+  it("fails with ECONNREFUSED when nothing listens", function()
+    local port = closed_port()
+    local c = assert(sr.socket("inet", "stream"))
+    local ok, msg, code = c:connect("127.0.0.1", port)
+    assert.is_nil(ok)
+    assert.equal("connection refused", msg)
+    assert.equal("ECONNREFUSED", code)
+    c:close()
+  end)
+
+  it("resolves names", function()
+    local l, port = listener()
+    local c = assert(sr.socket("inet", "stream"))
+    assert.is_true(c:connect("localhost", port))
+    assert.equal("127.0.0.1", (c:getpeername()))
+    c:close()
+    l:close()
+  end)
+
+  it("returns nil, msg, EAI_* for a name that does not resolve", function()
+    local c = assert(sr.socket("inet", "stream"))
+    local ok, msg, code = c:connect("no-such-host.invalid", 80)
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.matches("^EAI_", code)
+    c:close()
+  end)
+
+  it("connects over IPv6", function()
+    local l, port = listener("::1", "inet6")
+    local c = assert(sr.socket("inet6", "stream"))
+    assert.is_true(c:connect("::1", port))
+    assert.equal("::1", (c:getpeername()))
+    c:close()
+    l:close()
+  end)
+
+  it("times out with ETIMEDOUT and leaves things sane", function()
+    local l, port, fillers = full_listener()
+    if not l then return pending("the system never fills a backlog") end
+    local c = assert(sr.socket("inet", "stream"))
+    c:settimeout(0.1)
+    local ok, msg, code = c:connect("127.0.0.1", port)
+    assert.is_nil(ok)
+    assert.equal("timeout", msg)
+    assert.equal("ETIMEDOUT", code)
+    assert.is_true(c:close())
+    close_all(fillers)
+    l:close()
+    -- the loop and fresh sockets still work
+    local l2, port2 = listener()
+    local c2 = assert(sr.connect("127.0.0.1", port2))
+    local a2 = assert(l2:accept())
+    c2:write("still fine\n")
+    assert.equal("still fine", a2:read("l"))
+    a2:close()
+    c2:close()
+    l2:close()
+  end)
+
+  it("raises for a malformed address or a port out of range", function()
+    local c = assert(sr.socket("inet", "stream"))
+    raises(function() return c:connect("bad host!", 80) end,
+      "bad argument #1 to 'connect'", "malformed address")
+    raises(function() return c:connect("127.0.0.1", 70000) end,
+      "bad argument #2 to 'connect'", "port out of range")
+    c:close()
+  end)
+
+  it("answers EBADF on a closed socket", function()
+    local c = assert(sr.socket("inet", "stream"))
+    c:close()
+    assert_closed(c:connect("127.0.0.1", 80))
+  end)
+
+  it("waits inside a task", function()
+    local l, port = listener()
+    in_task(function()
+      local c = assert(sr.socket("inet", "stream"))
+      assert.is_true(c:connect("localhost", port))
+      local a = assert(l:accept())
+      a:write("hello task\n")
+      assert.equal("hello task", c:read("l"))
+      a:close()
+      c:close()
+    end)
+    l:close()
+  end)
+
+  it("gets ECONNREFUSED inside a task", function()
+    local port = closed_port()
+    in_task(function()
+      local c = assert(sr.socket("inet", "stream"))
+      assert_fail("ECONNREFUSED", c:connect("127.0.0.1", port))
+      c:close()
+    end)
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:getsockname and s:getpeername", function()
+  it("report both ends of a connection", function()
+    local c, a = pair()
+    local ch, cp = c:getsockname()
+    local ah, ap = a:getpeername()
+    assert.equal("127.0.0.1", ch)
+    assert.equal(ch, ah)
+    assert.equal(cp, ap)
+    local ph, pp = c:getpeername()
+    local sh, sp = a:getsockname()
+    assert.equal(sh, ph)
+    assert.equal(sp, pp)
+    c:close()
+    a:close()
+  end)
+
+  it("getpeername fails with ENOTCONN on an unconnected socket", function()
+    local s = assert(sr.socket("inet", "stream"))
+    local ok, msg, code = s:getpeername()
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.equal("ENOTCONN", code)
+    assert(s:bind("127.0.0.1", 0))
+    assert(s:listen())
+    assert_fail("ENOTCONN", s:getpeername())
+    s:close()
+  end)
+
+  it("getsockname of an unbound socket is the any-address, port 0", function()
+    local s = assert(sr.socket("inet", "stream"))
+    local host, port = s:getsockname()
+    assert.equal("0.0.0.0", host)
+    assert.equal(0, port)
+    s:close()
+  end)
+
+  it("answer EBADF on a closed socket", function()
+    local s = assert(sr.socket("inet", "stream"))
+    s:close()
+    assert_closed(s:getsockname())
+    assert_closed(s:getpeername())
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:fileno", function()
+  it("returns the descriptor, an integer above 2", function()
+    local s = assert(sr.socket("inet", "stream"))
+    local fd = s:fileno()
+    assert.equal("integer", math.type(fd))
+    assert.is_true(fd > 2)
+    local u = assert(sr.socket("unix", "dgram"))
+    assert.is_true(u:fileno() > 2)
+    assert.are_not.equal(fd, u:fileno())
+    s:close()
+    u:close()
+  end)
+
+  it("answers EBADF on a closed socket", function()
+    local s = assert(sr.socket("inet", "stream"))
+    s:close()
+    assert_closed(s:fileno())
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("tostring(s)", function()
+  it("shows a listening TCP socket", function()
+    local l, port = listener()
+    assert.equal("sockrun.socket(tcp, 127.0.0.1:" .. port .. ", listening)",
+      tostring(l))
+    l:close()
+  end)
+
+  it("shows a connected TCP socket", function()
+    local c, a = pair()
+    local _, port = c:getsockname()
+    assert.equal("sockrun.socket(tcp, 127.0.0.1:" .. port .. ", connected)",
+      tostring(c))
+    c:close()
+    a:close()
+  end)
+
+  it("shows an IPv6 socket with the address in brackets", function()
+    local l, port = listener("::1", "inet6")
+    assert.equal("sockrun.socket(tcp6, [::1]:" .. port .. ", listening)",
+      tostring(l))
+    l:close()
+  end)
+
+  it("shows a bound UDP socket", function()
+    local u = assert(sr.udp("127.0.0.1", 0))
+    local _, port = u:getsockname()
+    assert.equal("sockrun.socket(udp, 127.0.0.1:" .. port .. ", open)",
+      tostring(u))
+    u:close()
+  end)
+
+  it("shows a unix listening socket with its path", function()
+    local path = H.tmppath()
+    local l = assert(sr.listen(path, function() end))
+    assert.equal("sockrun.socket(unix, " .. path .. ", listening)",
+      tostring(l))
+    l:close()
+  end)
+
+  it("shows a closed socket", function()
+    local s = assert(sr.socket("inet", "stream"))
+    s:close()
+    assert.equal("sockrun.socket(closed)", tostring(s))
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:close", function()
+  it("returns true and is idempotent", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert.is_true(s:close())
+    assert.is_true(s:close())
+    assert.is_true(s:close())
+  end)
+
+  local calls = {
+    { "setsockopt", function(s) return s:setsockopt("reuseaddr", true) end },
+    { "getsockopt", function(s) return s:getsockopt("reuseaddr") end },
+    { "bind", function(s) return s:bind("127.0.0.1", 0) end },
+    { "listen", function(s) return s:listen() end },
+    { "accept", function(s) return s:accept() end },
+    { "connect", function(s) return s:connect("127.0.0.1", 9) end },
+    { "read()", function(s) return s:read() end },
+    { "read(\"l\")", function(s) return s:read("l") end },
+    { "read(\"a\")", function(s) return s:read("a") end },
+    { "read(n)", function(s) return s:read(10) end },
+    { "write", function(s) return s:write("x") end },
+    { "write with several strings", function(s) return s:write("x", "y") end },
+    { "sendto", function(s) return s:sendto("x", "127.0.0.1", 9) end },
+    { "sendto without address", function(s) return s:sendto("x") end },
+    { "recvfrom", function(s) return s:recvfrom() end },
+    { "shutdown", function(s) return s:shutdown() end },
+    { "settimeout", function(s) return s:settimeout(1) end },
+    { "settimeouts", function(s) return s:settimeouts(1, 1, 1) end },
+    { "gettimeouts", function(s) return s:gettimeouts() end },
+    { "setmaxline", function(s) return s:setmaxline(10) end },
+    { "getsockname", function(s) return s:getsockname() end },
+    { "getpeername", function(s) return s:getpeername() end },
+    { "fileno", function(s) return s:fileno() end },
+    { "family", function(s) return s:family() end },
+  }
+  for _, kind in ipairs({ "stream", "dgram" }) do
+    for _, call in ipairs(calls) do
+      it("makes " .. call[1] .. " on a closed " .. kind ..
+        " socket answer nil, \"socket is closed\", \"EBADF\"", function()
+          local s = assert(sr.socket("inet", kind))
+          s:close()
+          assert_closed(call[2](s))
+        end)
+    end
+  end
+
+  it("makes the lines iterator of a closed socket end at once", function()
+    local s = assert(sr.socket("inet", "stream"))
+    s:close()
+    assert.is_nil(s:lines()())
+  end)
+
+  it("makes a socket closed while connected answer EBADF", function()
+    local c, a = pair()
+    c:close()
+    assert_closed(c:read("l"))
+    assert_closed(c:write("late"))
+    assert_closed(c:getpeername())
+    a:close()
+  end)
+
+  it("wakes a task blocked in read with EBADF exactly once", function()
+    local c, a = pair()
+    local results = {}
+    local t = sr.spawn(function()
+      results[#results + 1] = table.pack(c:read("l"))
+    end)
+    assert.equal("waiting", t:status())
+    assert.is_true(c:close())
+    t:join(5)
+    for _ = 1, 5 do sr.step() end
+    assert.equal(1, #results)
+    assert.equal(3, results[1].n)
+    assert_closed(table.unpack(results[1], 1, 3))
+    assert.equal("done", t:status())
+    a:close()
+  end)
+
+  it("wakes a task blocked in accept with EBADF exactly once", function()
+    local l = listener()
+    local results = {}
+    local t = sr.spawn(function()
+      results[#results + 1] = table.pack(l:accept())
+    end)
+    assert.equal("waiting", t:status())
+    l:close()
+    t:join(5)
+    for _ = 1, 5 do sr.step() end
+    assert.equal(1, #results)
+    assert_closed(table.unpack(results[1], 1, results[1].n))
+  end)
+
+  it("wakes the top level blocked in read when a task closes", function()
+    local c, a = pair()
+    local t = sr.spawn(function()
+      sr.sleep(0.02)
+      c:close()
+    end)
+    assert_closed(c:read("l"))
+    t:join(5)
+    a:close()
+  end)
+
+  it("closes at the end of a <close> variable's scope", function()
+    local ref
+    do
+      local s <close> = assert(sr.socket("inet", "stream"))
+      ref = s
+      assert.is_true(s:fileno() > 2)
+    end
+    assert.equal("sockrun.socket(closed)", tostring(ref))
+    assert_closed(ref:fileno())
+  end)
+
+  it("closes a forgotten socket when it is collected", function()
+    assert.equal(0, settle_to(0))
+    do
+      local s = assert(sr.socket("inet", "stream"))
+      assert(s:bind("127.0.0.1", 0))
+      local u = assert(sr.socket("unix", "dgram")) -- luacheck: ignore
+    end
+    assert.equal(2, (sr._core.counts()))
+    collectgarbage()
+    collectgarbage()
+    assert.equal(0, settle_to(0))
+  end)
+
+  it("flushes queued writes before the descriptor closes", function()
+    local c, a = pair()
+    local chunk = string.rep("z", 64 * 1024)
+    for _ = 1, 16 do c:write(chunk) end
+    c:close()
+    local data = a:read("a")
+    assert.equal(16 * #chunk, #data)
+    a:close()
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:settimeout and s:settimeouts", function()
+  it("bounds a read with ETIMEDOUT and the socket stays usable", function()
+    local c, a = pair()
+    assert.is_true(c:settimeout(0.05))
+    local ok, msg, code = c:read("l")
+    assert.is_nil(ok)
+    assert.equal("timeout", msg)
+    assert.equal("ETIMEDOUT", code)
+    a:write("later\n")
+    assert.equal("later", c:read("l"))
+    c:write("back\n")
+    assert.equal("back", a:read("l"))
+    c:close()
+    a:close()
+  end)
+
+  it("keeps partial line data across a timeout", function()
+    local c, a = pair()
+    c:settimeout(0.05)
+    a:write("hal")
+    assert_fail("ETIMEDOUT", c:read("l"))
+    a:write("f\n")
+    assert.equal("half", c:read("l"))
+    c:close()
+    a:close()
+  end)
+
+  it("sets the three timeouts apart", function()
+    local s = assert(sr.socket("inet", "stream"))
+    assert.is_true(s:settimeouts(1, 2.5, nil))
+    local ct, rt, wt = s:gettimeouts()
+    assert.equal(1, ct)
+    assert.equal(2.5, rt)
+    assert.is_nil(wt)
+    assert.is_true(s:settimeout(nil))
+    ct, rt, wt = s:gettimeouts()
+    assert.is_nil(ct)
+    assert.is_nil(rt)
+    assert.is_nil(wt)
+    assert.is_true(s:settimeout(3))
+    assert.same({ 3, 3, 3 }, { s:gettimeouts() })
+    s:close()
+  end)
+
+  it("applies only the read timeout of settimeouts to reads", function()
+    local c, a = pair()
+    c:settimeouts(nil, 0.05, nil)
+    assert_fail("ETIMEDOUT", c:read(1))
+    a:write("x")
+    assert.equal("x", c:read(1))
+    c:close()
+    a:close()
+  end)
+
+  it("raises for a negative timeout", function()
+    local s = assert(sr.socket("inet", "stream"))
+    raises(function() return s:settimeout(-1) end,
+      "bad argument #1 to 'settimeout'")
+    raises(function() return s:settimeouts(1, -1, 1) end,
+      "bad argument #2 to 'settimeouts'")
+    raises(function() return s:settimeout("soon") end,
+      "bad argument #1 to 'settimeout'")
+    s:close()
+  end)
+
+  it("bounds a read inside a task and the socket stays usable", function()
+    local c, a = pair()
+    in_task(function()
+      c:settimeout(0.05)
+      assert_fail("ETIMEDOUT", c:read())
+      a:write("ok")
+      assert.equal("ok", c:read())
+    end)
+    c:close()
+    a:close()
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+local function echo(c)
+  for line in c:lines("L") do c:write(line) end
+end
+
+describe("sr.listen and sr.connect", function()
+  it("serve and connect over IPv4", function()
+    local srv = assert(sr.listen("127.0.0.1", 0, echo))
+    local _, port = srv:getsockname()
+    local c = assert(sr.connect("127.0.0.1", port))
+    assert.equal("hello", c:write("hello\n"):read("l"))
+    c:close()
+    srv:close()
+  end)
+
+  it("serve and connect over IPv6 ::1", function()
+    local srv = assert(sr.listen("::1", 0, echo))
+    local host, port = srv:getsockname()
+    assert.equal("::1", host)
+    local c = assert(sr.connect("::1", port))
+    assert.equal("inet6", (c:family()))
+    assert.equal("six", c:write("six\n"):read("l"))
+    c:close()
+    srv:close()
+  end)
+
+  it("resolve names", function()
+    local srv = assert(sr.listen("localhost", 0, echo))
+    local _, port = srv:getsockname()
+    local c = assert(sr.connect("localhost", port))
+    assert.equal("named", c:write("named\n"):read("l"))
+    c:close()
+    srv:close()
+  end)
+
+  it("pass the peer host and port to the handler", function()
+    local seen = {}
+    local srv = assert(sr.listen("127.0.0.1", 0, function(conn, host, port)
+      seen.host, seen.port = host, port
+      conn:write("hi\n")
+    end))
+    local _, port = srv:getsockname()
+    local c = assert(sr.connect("127.0.0.1", port))
+    assert.equal("hi", c:read("l"))
+    assert.equal("127.0.0.1", seen.host)
+    assert.equal(select(2, c:getsockname()), seen.port)
+    c:close()
+    srv:close()
+  end)
+
+  it("close the connection when the handler returns", function()
+    local srv = assert(sr.listen("127.0.0.1", 0, function(conn)
+      conn:write("bye\n")
+    end))
+    local _, port = srv:getsockname()
+    local c = assert(sr.connect("127.0.0.1", port))
+    assert.equal("bye", c:read("l"))
+    local ok, msg, code = c:read("l")
+    assert.is_nil(ok)
+    assert.equal("end of file", msg)
+    assert.equal("EOF", code)
+    c:close()
+    srv:close()
+  end)
+
+  it("close the connection when the handler fails and keep serving",
+    function()
+      sr.onerror(function() end)
+      local srv = assert(sr.listen("127.0.0.1", 0, function(conn)
+        local line = conn:read("l")
+        if line == "fail" then error("handler failed on purpose") end
+        conn:write("ok\n")
+      end))
+      local _, port = srv:getsockname()
+      local c1 = assert(sr.connect("127.0.0.1", port))
+      c1:write("fail\n")
+      assert_fail("EOF", c1:read("l"))
+      local c2 = assert(sr.connect("127.0.0.1", port))
+      assert.equal("ok", c2:write("good\n"):read("l"))
+      c1:close()
+      c2:close()
+      srv:close()
+      sr.onerror(nil)
+    end)
+
+  it("take opts.backlog", function()
+    local srv = assert(sr.listen("127.0.0.1", 0, echo, { backlog = 4 }))
+    local _, port = srv:getsockname()
+    local c = assert(sr.connect("127.0.0.1", port))
+    assert.equal("b", c:write("b\n"):read("l"))
+    c:close()
+    srv:close()
+  end)
+
+  it("raise for a negative backlog and leave no socket open", function()
+    raises(function()
+      return sr.listen("127.0.0.1", 0, echo, { backlog = -1 })
+    end, "backlog")
+    assert.equal(0, settle_to(0))
+  end)
+
+  it("share a port with opts.reuseport", function()
+    local a = assert(sr.listen("127.0.0.1", 0, echo, { reuseport = true }))
+    local _, port = a:getsockname()
+    assert.is_true(a:getsockopt("reuseport"))
+    local b = assert(sr.listen("127.0.0.1", port, echo, { reuseport = true }))
+    local c = assert(sr.connect("127.0.0.1", port))
+    assert.equal("r", c:write("r\n"):read("l"))
+    c:close()
+    a:close()
+    b:close()
+  end)
+
+  it("honour opts.ipv6only", function()
+    local only = assert(sr.listen("::", 0, echo, { ipv6only = true }))
+    assert.is_true(only:getsockopt("ipv6only"))
+    local _, p1 = only:getsockname()
+    assert_fail("ECONNREFUSED", sr.connect("127.0.0.1", p1))
+    local c6 = assert(sr.connect("::1", p1))
+    c6:close()
+    only:close()
+    local dual = assert(sr.listen("::", 0, echo, { ipv6only = false }))
+    assert.is_false(dual:getsockopt("ipv6only"))
+    local _, p2 = dual:getsockname()
+    local c4 = assert(sr.connect("127.0.0.1", p2))
+    assert.equal("dual", c4:write("dual\n"):read("l"))
+    c4:close()
+    dual:close()
+  end)
+
+  it("sr.listen returns nil, msg, EADDRINUSE on a taken port", function()
+    local a = assert(sr.listen("127.0.0.1", 0, echo))
+    local _, port = a:getsockname()
+    local s, msg, code = sr.listen("127.0.0.1", port, echo)
+    assert.is_nil(s)
+    assert.equal("address already in use", msg)
+    assert.equal("EADDRINUSE", code)
+    a:close()
+  end)
+
+  it("sr.listen raises for a handler that is not a function", function()
+    raises(function() return sr.listen("127.0.0.1", 0, "echo") end,
+      "bad argument #3 to 'listen'")
+    raises(function() return sr.listen("127.0.0.1", 0) end,
+      "bad argument #3 to 'listen'")
+    raises(function() return sr.listen(H.tmppath(), "echo") end,
+      "bad argument #2 to 'listen'")
+  end)
+
+  it("sr.listen raises for a bad port or address", function()
+    raises(function() return sr.listen("127.0.0.1", 70000, echo) end,
+      "bad argument #2 to 'listen'", "port out of range")
+    raises(function() return sr.listen("no way!", 0, echo) end,
+      "bad argument #1 to 'listen'", "malformed address")
+    raises(function() return sr.listen("127.0.0.1", 0, echo, "opts") end,
+      "bad argument #4 to 'listen'")
+  end)
+
+  it("sr.connect fails with ECONNREFUSED when nothing listens", function()
+    local s, msg, code = sr.connect("127.0.0.1", closed_port())
+    assert.is_nil(s)
+    assert.equal("connection refused", msg)
+    assert.equal("ECONNREFUSED", code)
+  end)
+
+  it("sr.connect returns nil, msg, EAI_* for an unknown name", function()
+    local s, msg, code = sr.connect("no-such-host.invalid", 80)
+    assert.is_nil(s)
+    assert.is_string(msg)
+    assert.matches("^EAI_", code)
+  end)
+
+  it("sr.connect times out with opts.timeout", function()
+    local l, port, fillers = full_listener()
+    if not l then return pending("the system never fills a backlog") end
+    local s, msg, code = sr.connect("127.0.0.1", port, { timeout = 0.1 })
+    assert.is_nil(s)
+    assert.equal("timeout", msg)
+    assert.equal("ETIMEDOUT", code)
+    close_all(fillers)
+    l:close()
+  end)
+
+  it("sr.connect raises for a bad port, address or opts", function()
+    raises(function() return sr.connect("127.0.0.1", 70000) end,
+      "bad argument #2 to 'connect'", "port out of range")
+    raises(function() return sr.connect("no way!", 80) end,
+      "bad argument #1 to 'connect'", "malformed address")
+    raises(function() return sr.connect("127.0.0.1", 80, 5) end,
+      "bad argument #3 to 'connect'")
+    raises(function() return sr.connect(42) end, "bad argument #1 to 'connect'")
+  end)
+
+  it("work inside a task", function()
+    in_task(function()
+      local srv = assert(sr.listen("127.0.0.1", 0, echo))
+      local _, port = srv:getsockname()
+      local c = assert(sr.connect("localhost", port))
+      assert.equal("in task", c:write("in task\n"):read("l"))
+      assert_fail("ECONNREFUSED", sr.connect("127.0.0.1", closed_port()))
+      c:close()
+      srv:close()
+    end)
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("sr.resolve", function()
+  local function check_list(list)
+    assert.is_table(list)
+    for _, a in ipairs(list) do
+      assert.is_true(a.family == "inet" or a.family == "inet6")
+      assert.is_string(a.addr)
+    end
+  end
+
+  local function has(list, addr)
+    for _, a in ipairs(list) do if a.addr == addr then return true end end
+    return false
+  end
+
+  it("gives 127.0.0.1 and/or ::1 for localhost", function()
+    local list = assert(sr.resolve("localhost"))
+    check_list(list)
+    assert.is_true(#list >= 1)
+    assert.is_true(has(list, "127.0.0.1") or has(list, "::1"))
+    for _, a in ipairs(list) do
+      assert.equal(a.addr == "::1" and "inet6" or "inet", a.family)
+    end
+  end)
+
+  it("filters by family", function()
+    local v4 = assert(sr.resolve("localhost", "inet"))
+    check_list(v4)
+    assert.is_true(has(v4, "127.0.0.1"))
+    for _, a in ipairs(v4) do assert.equal("inet", a.family) end
+    local v6, _, code = sr.resolve("localhost", "inet6")
+    if v6 then
+      for _, a in ipairs(v6) do assert.equal("inet6", a.family) end
+    else
+      assert.matches("^EAI_", code)
+    end
+    local any = assert(sr.resolve("localhost", "any"))
+    assert.is_true(#any >= #v4)
+  end)
+
+  it("passes numeric addresses through", function()
+    assert.same({ { family = "inet", addr = "127.0.0.1" } },
+      sr.resolve("127.0.0.1"))
+    assert.same({ { family = "inet6", addr = "::1" } },
+      sr.resolve("::1", "inet6"))
+  end)
+
+  it("returns nil, msg, EAI_* for a numeric address of the wrong family",
+    function()
+      local list, msg, code = sr.resolve("127.0.0.1", "inet6")
+      assert.is_nil(list)
+      assert.is_string(msg)
+      assert.matches("^EAI_", code)
+    end)
+
+  it("returns nil, msg, EAI_* for a name that does not exist", function()
+    local list, msg, code = sr.resolve("no-such-host.invalid")
+    assert.is_nil(list)
+    assert.is_string(msg)
+    assert.is_string(code)
+    assert.matches("^EAI_", code)
+  end)
+
+  it("raises for an unknown family or an empty host", function()
+    raises(function() return sr.resolve("localhost", "ipx") end,
+      "bad argument #2 to 'resolve'")
+    raises(function() return sr.resolve("") end,
+      "bad argument #1 to 'resolve'")
+    raises(function() return sr.resolve() end,
+      "bad argument #1 to 'resolve'")
+  end)
+
+  it("works inside a task", function()
+    in_task(function()
+      local list = assert(sr.resolve("localhost", "inet"))
+      assert.is_true(has(list, "127.0.0.1"))
+      local none, _, code = sr.resolve("no-such-host.invalid")
+      assert.is_nil(none)
+      assert.matches("^EAI_", code)
+    end)
+  end)
+end)

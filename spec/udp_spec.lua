@@ -1,0 +1,475 @@
+-- UDP: sr.udp, s:sendto / s:recvfrom over IPv4 and IPv6, connected
+-- datagram sockets (connect, write, read, sendto without an address),
+-- timeouts and error shapes. Real sockets on 127.0.0.1 and ::1.
+local H = require "helper"
+local sr = H.sr
+
+-- Helpers local to this file ---------------------------------------------
+
+local function in_task(fn)
+  local t = sr.spawn(function() fn(); return true end)
+  local ok, err, code = t:join(10)
+  if ok == nil and code == "ETIMEDOUT" then t:cancel() end
+  assert(ok, err)
+end
+
+local function raises(fn, ...)
+  local ok, err = pcall(fn)
+  assert.is_false(ok, "expected an error")
+  err = tostring(err)
+  for _, s in ipairs({ ... }) do
+    assert(err:find(s, 1, true), "error '" .. err .. "' lacks '" .. s .. "'")
+  end
+  return err
+end
+
+local function assert_fail(code, ok, msg, got)
+  assert.is_nil(ok)
+  assert.is_string(msg)
+  assert.equal(code, got)
+end
+
+local function assert_closed(...)
+  local ok, msg, code = ...
+  assert.equal(3, select("#", ...))
+  assert.is_nil(ok)
+  assert.equal("socket is closed", msg)
+  assert.equal("EBADF", code)
+end
+
+-- A bound UDP socket on host (default 127.0.0.1) with a free port and a
+-- timeout, so that a lost datagram fails the test instead of hanging it.
+local function udp(host)
+  local s = assert(sr.udp(host or "127.0.0.1", 0))
+  s:settimeout(5)
+  local _, port = s:getsockname()
+  return s, port
+end
+
+-- A port with no UDP socket on it.
+local function free_port()
+  local s = assert(sr.udp("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+after_each(H.assert_clean)
+-- A test that failed half-way must not leave its sockets to the next one.
+after_each(function()
+  collectgarbage()
+  collectgarbage()
+  H.settle()
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("sr.udp", function()
+  it("makes an unbound IPv4 datagram socket without arguments", function()
+    local s = assert(sr.udp())
+    local fam, kind = s:family()
+    assert.equal("inet", fam)
+    assert.equal("dgram", kind)
+    s:close()
+  end)
+
+  it("binds to a host and a free port", function()
+    local s = assert(sr.udp("127.0.0.1", 0))
+    local host, port = s:getsockname()
+    assert.equal("127.0.0.1", host)
+    assert.is_true(port > 0)
+    s:close()
+  end)
+
+  it("binds an IPv6 socket to ::1", function()
+    local s = assert(sr.udp("::1", 0))
+    assert.equal("inet6", (s:family()))
+    assert.equal("::1", (s:getsockname()))
+    s:close()
+  end)
+
+  it("binds \"*\" to the any-address", function()
+    local s = assert(sr.udp("*", 0))
+    assert.equal("0.0.0.0", (s:getsockname()))
+    s:close()
+  end)
+
+  it("resolves a name to bind", function()
+    local s = assert(sr.udp("localhost", 0))
+    local host = s:getsockname()
+    assert.is_true(host == "127.0.0.1" or host == "::1")
+    s:close()
+  end)
+
+  it("returns nil, msg, EADDRINUSE for a taken port", function()
+    local a, port = udp()
+    local b, msg, code = sr.udp("127.0.0.1", port)
+    assert.is_nil(b)
+    assert.is_string(msg)
+    assert.equal("EADDRINUSE", code)
+    a:close()
+  end)
+
+  it("returns nil, msg, EAI_* for a name that does not resolve", function()
+    local s, msg, code = sr.udp("no-such-host.invalid", 0)
+    assert.is_nil(s)
+    assert.is_string(msg)
+    assert.matches("^EAI_", code)
+  end)
+
+  it("raises for a port out of range or a malformed address", function()
+    raises(function() return sr.udp("127.0.0.1", 70000) end,
+      "bad argument #2 to 'udp'", "port out of range")
+    raises(function() return sr.udp("127.0.0.1") end,
+      "bad argument #2 to 'udp'")
+    raises(function() return sr.udp("not an address!", 0) end,
+      "bad argument #1 to 'udp'", "malformed address")
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("s:sendto and s:recvfrom", function()
+  it("carry a datagram over IPv4 with the sender's address", function()
+    local a, aport = udp()
+    local b, bport = udp()
+    assert.is_true(a:sendto("hello", "127.0.0.1", bport))
+    local data, host, port = b:recvfrom()
+    assert.equal("hello", data)
+    assert.equal("127.0.0.1", host)
+    assert.equal(aport, port)
+    assert.is_true(b:sendto("back", host, port))
+    assert.same({ "back", "127.0.0.1", bport }, { a:recvfrom() })
+    a:close()
+    b:close()
+  end)
+
+  it("carry a datagram over IPv6", function()
+    local a, aport = udp("::1")
+    local b, bport = udp("::1")
+    assert.is_true(a:sendto("six", "::1", bport))
+    local data, host, port = b:recvfrom()
+    assert.equal("six", data)
+    assert.equal("::1", host)
+    assert.equal(aport, port)
+    a:close()
+    b:close()
+  end)
+
+  it("send from an unbound socket, which gets a port", function()
+    local s = assert(sr.udp())
+    local b, bport = udp()
+    assert.is_true(s:sendto("auto", "127.0.0.1", bport))
+    local data, _, port = b:recvfrom()
+    assert.equal("auto", data)
+    assert.equal(select(2, s:getsockname()), port)
+    s:close()
+    b:close()
+  end)
+
+  it("keep datagram boundaries and order", function()
+    local a = udp()
+    local b, bport = udp()
+    for i = 1, 20 do assert(a:sendto("msg" .. i, "127.0.0.1", bport)) end
+    for i = 1, 20 do assert.equal("msg" .. i, (b:recvfrom())) end
+    a:close()
+    b:close()
+  end)
+
+  it("carry an empty datagram", function()
+    local a = udp()
+    local b, bport = udp()
+    assert.is_true(a:sendto("", "127.0.0.1", bport))
+    assert.equal("", (b:recvfrom()))
+    a:close()
+    b:close()
+  end)
+
+  it("carry a large datagram intact", function()
+    local a = udp()
+    local b, bport = udp()
+    b:setsockopt("rcvbuf", 256 * 1024)
+    local big = {}
+    for i = 1, 6000 do big[i] = string.format("%9d\n", i) end
+    big = table.concat(big) -- 60000 bytes
+    assert.is_true(a:sendto(big, "127.0.0.1", bport))
+    local data = b:recvfrom()
+    assert.equal(#big, #data)
+    assert.is_true(data == big)
+    a:close()
+    b:close()
+  end)
+
+  it("send to a name", function()
+    local a = udp()
+    local b, bport = udp()
+    assert.is_true(a:sendto("named", "localhost", bport))
+    assert.equal("named", (b:recvfrom()))
+    a:close()
+    b:close()
+  end)
+
+  it("return nil, msg, EAI_* when sending to a name that does not resolve",
+    function()
+      local a = udp()
+      local ok, msg, code = a:sendto("x", "no-such-host.invalid", 9)
+      assert.is_nil(ok)
+      assert.is_string(msg)
+      assert.matches("^EAI_", code)
+      a:close()
+    end)
+
+  it("time out in recvfrom with ETIMEDOUT and still work after", function()
+    local a = udp()
+    local b, bport = udp()
+    b:settimeout(0.05)
+    local data, msg, code = b:recvfrom()
+    assert.is_nil(data)
+    assert.equal("timeout", msg)
+    assert.equal("ETIMEDOUT", code)
+    a:sendto("after", "127.0.0.1", bport)
+    assert.equal("after", (b:recvfrom()))
+    a:close()
+    b:close()
+  end)
+
+  it("raise for a malformed address", function()
+    local a = udp()
+    raises(function() return a:sendto("x", "bad address!", 9) end,
+      "bad argument #2 to 'sendto'", "malformed address")
+    raises(function() return a:sendto("x", "300.1.1.1", 9) end,
+      "bad argument #2 to 'sendto'", "malformed")
+    raises(function() return a:sendto("x", "::1", 9) end,
+      "bad argument #2 to 'sendto'") -- another family than the socket's
+    a:close()
+  end)
+
+  it("raise for a port out of range or missing", function()
+    local a = udp()
+    raises(function() return a:sendto("x", "127.0.0.1", 70000) end,
+      "bad argument #3 to 'sendto'", "port out of range")
+    raises(function() return a:sendto("x", "127.0.0.1") end,
+      "bad argument #3 to 'sendto'")
+    a:close()
+  end)
+
+  it("raise for data that is not a string", function()
+    local a = udp()
+    raises(function() return a:sendto({}, "127.0.0.1", 9) end,
+      "bad argument #1 to 'sendto'")
+    a:close()
+  end)
+
+  it("return nil, msg, code for sendto without address unconnected",
+    function()
+      local a = udp()
+      local ok, msg, code = a:sendto("nowhere")
+      assert.is_nil(ok)
+      assert.is_string(msg)
+      assert.equal("EDESTADDRREQ", code)
+      a:close()
+    end)
+
+  it("answer EBADF on a closed socket", function()
+    local a = udp()
+    a:close()
+    assert_closed(a:sendto("x", "127.0.0.1", 9))
+    assert_closed(a:sendto("x"))
+    assert_closed(a:recvfrom())
+  end)
+
+  it("return nil, msg, code on a stream socket", function()
+    local s = assert(sr.socket("inet", "stream"))
+    local data, msg, code = s:recvfrom()
+    assert.is_nil(data)
+    assert.is_string(msg)
+    assert.is_string(code)
+    local ok
+    ok, msg, code = s:sendto("x", "127.0.0.1", 9)
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.is_string(code)
+    s:close()
+  end)
+
+  it("wake a task blocked in recvfrom with EBADF when closed", function()
+    local b = udp()
+    local t = sr.spawn(function() return b:recvfrom() end)
+    assert.equal("waiting", t:status())
+    b:close()
+    assert_closed(t:join(5))
+  end)
+
+  it("work inside a task", function()
+    in_task(function()
+      local a = udp()
+      local b, bport = udp()
+      local echo = sr.spawn(function()
+        local data, host, port = b:recvfrom()
+        b:sendto(data:upper(), host, port)
+      end)
+      assert.is_true(a:sendto("quiet", "127.0.0.1", bport))
+      local data, host, port = a:recvfrom()
+      assert.equal("QUIET", data)
+      assert.equal("127.0.0.1", host)
+      assert.equal(bport, port)
+      echo:join(5)
+      a:settimeout(0.05)
+      assert_fail("ETIMEDOUT", a:recvfrom())
+      a:close()
+      b:close()
+    end)
+  end)
+
+  it("let the top level receive while a task sends", function()
+    local a = udp()
+    local b, bport = udp()
+    local t = sr.spawn(function()
+      sr.sleep(0.01)
+      return a:sendto("from task", "127.0.0.1", bport)
+    end)
+    assert.equal("from task", (b:recvfrom()))
+    assert.is_true(t:join(5))
+    a:close()
+    b:close()
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("connected UDP", function()
+  it("connect sets the default peer for write and read", function()
+    local a, aport = udp()
+    local b, bport = udp()
+    assert.is_true(a:connect("127.0.0.1", bport))
+    assert.equal("127.0.0.1", (a:getpeername()))
+    assert.equal(bport, select(2, a:getpeername()))
+    assert.equal(a, a:write("one datagram"))
+    local data, host, port = b:recvfrom()
+    assert.equal("one datagram", data)
+    assert.equal("127.0.0.1", host)
+    assert.equal(aport, port)
+    b:sendto("reply", "127.0.0.1", aport)
+    assert.equal("reply", a:read())
+    a:close()
+    b:close()
+  end)
+
+  it("write sends its arguments as one datagram", function()
+    local a = udp()
+    local b, bport = udp()
+    assert(a:connect("127.0.0.1", bport))
+    a:write("a", "b", 3):write("second")
+    assert.equal("ab3", (b:recvfrom()))
+    assert.equal("second", (b:recvfrom()))
+    a:close()
+    b:close()
+  end)
+
+  it("sendto works without an address", function()
+    local a = udp()
+    local b, bport = udp()
+    assert(a:connect("127.0.0.1", bport))
+    assert.is_true(a:sendto("no address"))
+    assert.equal("no address", (b:recvfrom()))
+    a:close()
+    b:close()
+  end)
+
+  it("read returns the next datagram whole", function()
+    local a, aport = udp()
+    local b, bport = udp()
+    assert(a:connect("127.0.0.1", bport))
+    b:sendto("first", "127.0.0.1", aport)
+    b:sendto("second", "127.0.0.1", aport)
+    assert.equal("first", a:read())
+    assert.equal("second", a:read())
+    a:close()
+    b:close()
+  end)
+
+  it("connect resolves names", function()
+    local a = udp()
+    local b, bport = udp()
+    assert.is_true(a:connect("localhost", bport))
+    a:write("via name")
+    assert.equal("via name", (b:recvfrom()))
+    a:close()
+    b:close()
+  end)
+
+  it("read times out with ETIMEDOUT and still works after", function()
+    local a, aport = udp()
+    local b, bport = udp()
+    assert(a:connect("127.0.0.1", bport))
+    a:settimeout(0.05)
+    local ok, msg, code = a:read()
+    assert.is_nil(ok)
+    assert.equal("timeout", msg)
+    assert.equal("ETIMEDOUT", code)
+    b:sendto("late", "127.0.0.1", aport)
+    assert.equal("late", a:read())
+    a:close()
+    b:close()
+  end)
+
+  it("write on an unconnected socket returns nil, msg, code", function()
+    local a = udp()
+    local ok, msg, code = a:write("nowhere")
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.is_string(code)
+    a:close()
+  end)
+
+  it("connect raises for a malformed address or a port out of range",
+    function()
+      local a = udp()
+      raises(function() return a:connect("what?", 9) end,
+        "bad argument #1 to 'connect'", "malformed address")
+      raises(function() return a:connect("127.0.0.1", 65536) end,
+        "bad argument #2 to 'connect'", "port out of range")
+      a:close()
+    end)
+
+  it("answers EBADF on a closed socket", function()
+    local a = udp()
+    a:close()
+    assert_closed(a:connect("127.0.0.1", 9))
+    assert_closed(a:write("x"))
+    assert_closed(a:read())
+  end)
+
+  it("reports a refused port on read or write", function()
+    local a = udp()
+    assert(a:connect("127.0.0.1", free_port()))
+    a:settimeout(0.2)
+    local ok, msg, code
+    for _ = 1, 5 do
+      ok, msg, code = a:write("anyone?")
+      if ok then ok, msg, code = a:read() end
+      if not ok and code ~= "ETIMEDOUT" then break end
+    end
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.equal("ECONNREFUSED", code)
+    a:close()
+  end)
+
+  it("works inside a task", function()
+    local a, aport = udp("::1")
+    local b, bport = udp("::1")
+    in_task(function()
+      assert.is_true(a:connect("::1", bport))
+      a:write("ping6")
+      local data, host, port = b:recvfrom()
+      assert.equal("ping6", data)
+      assert.equal("::1", host)
+      assert.equal(aport, port)
+      b:sendto("pong6", host, port)
+      assert.equal("pong6", a:read())
+    end)
+    a:close()
+    b:close()
+  end)
+end)

@@ -1,0 +1,503 @@
+-- Unix domain sockets: stream sockets through sr.listen(path) /
+-- sr.connect(path) and the raw calls, path cleanup, errors for missing and
+-- over-long paths, the Linux abstract namespace ("@name"), and unix
+-- datagram sockets (bound, connected, and unbound senders).
+local H = require "helper"
+local sr = H.sr
+
+-- Helpers local to this file ---------------------------------------------
+
+local function in_task(fn)
+  local t = sr.spawn(function() fn(); return true end)
+  local ok, err, code = t:join(10)
+  if ok == nil and code == "ETIMEDOUT" then t:cancel() end
+  assert(ok, err)
+end
+
+local function raises(fn, ...)
+  local ok, err = pcall(fn)
+  assert.is_false(ok, "expected an error")
+  err = tostring(err)
+  for _, s in ipairs({ ... }) do
+    assert(err:find(s, 1, true), "error '" .. err .. "' lacks '" .. s .. "'")
+  end
+  return err
+end
+
+local function assert_fail(code, ok, msg, got)
+  assert.is_nil(ok)
+  assert.is_string(msg)
+  assert.equal(code, got)
+end
+
+local function assert_closed(...)
+  local ok, msg, code = ...
+  assert.equal(3, select("#", ...))
+  assert.is_nil(ok)
+  assert.equal("socket is closed", msg)
+  assert.equal("EBADF", code)
+end
+
+local function exists(path)
+  local f = io.open(path, "r")
+  if f then f:close() end
+  -- a socket file cannot be opened, but the error says it is there
+  local _, err = io.open(path, "r")
+  return f ~= nil or (err ~= nil and not err:find("No such file", 1, true))
+end
+
+-- Paths this file made; removed after each test whatever happened.
+local paths = {}
+local function tmppath(name)
+  local p = H.tmppath(name)
+  paths[#paths + 1] = p
+  return p
+end
+
+local abstract_n = 0
+local function abstract()
+  abstract_n = abstract_n + 1
+  return string.format("@sockrun-spec-%d-%d", H.pid(), abstract_n)
+end
+
+-- An echo handler for sr.listen: every line back.
+local function echo(c)
+  for line in c:lines("L") do c:write(line) end
+end
+
+-- A unix datagram socket bound to a fresh path, with a timeout.
+local function dgram(path)
+  local s = assert(sr.socket("unix", "dgram"))
+  path = path or tmppath("dgram")
+  assert.is_true(s:bind(path))
+  s:settimeout(5)
+  return s, path
+end
+
+after_each(H.assert_clean)
+-- A test that failed half-way must not leave its sockets to the next one.
+after_each(function()
+  collectgarbage()
+  collectgarbage()
+  H.settle()
+  for _, p in ipairs(paths) do os.remove(p) end
+  paths = {}
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("unix stream sockets with sr.listen and sr.connect", function()
+  it("echo over a path", function()
+    local path = tmppath()
+    local srv = assert(sr.listen(path, echo))
+    local c = assert(sr.connect(path))
+    c:settimeout(5)
+    assert.equal("unix", (c:family()))
+    assert.equal("hello unix", c:write("hello unix\n"):read("l"))
+    assert.equal("again", c:write("again\n"):read("l"))
+    c:close()
+    srv:close()
+  end)
+
+  it("pass the peer path (\"\" for an unnamed peer) to the handler",
+    function()
+      local path = tmppath()
+      local seen
+      local srv = assert(sr.listen(path, function(conn, peer)
+        seen = peer
+        conn:write("hi\n")
+      end))
+      local c = assert(sr.connect(path))
+      c:settimeout(5)
+      assert.equal("hi", c:read("l"))
+      assert.equal("", seen)
+      c:close()
+      srv:close()
+    end)
+
+  it("serve several clients at once", function()
+    local path = tmppath()
+    local srv = assert(sr.listen(path, echo))
+    local clients = {}
+    for i = 1, 5 do
+      clients[i] = assert(sr.connect(path))
+      clients[i]:settimeout(5)
+    end
+    for i = 5, 1, -1 do
+      local reply = clients[i]:write("client ", i, "\n"):read("l")
+      assert.equal("client " .. i, reply)
+    end
+    for i = 1, 5 do clients[i]:close() end
+    srv:close()
+  end)
+
+  it("remove the path when the listening socket closes", function()
+    local path = tmppath()
+    local srv = assert(sr.listen(path, echo))
+    assert.is_true(exists(path))
+    srv:close()
+    assert.is_false(exists(path))
+  end)
+
+  it("sr.listen returns nil, msg, EADDRINUSE for a path in use", function()
+    local path = tmppath()
+    local srv = assert(sr.listen(path, echo))
+    local s2, msg, code = sr.listen(path, echo)
+    assert.is_nil(s2)
+    assert.is_string(msg)
+    assert.equal("EADDRINUSE", code)
+    srv:close()
+  end)
+
+  it("sr.connect returns nil, msg, ENOENT for a missing path", function()
+    local s, msg, code = sr.connect(tmppath("missing"))
+    assert.is_nil(s)
+    assert.is_string(msg)
+    assert.equal("ENOENT", code)
+  end)
+
+  it("sr.connect returns nil, msg, ECONNREFUSED when nobody listens",
+    function()
+      local path = tmppath()
+      local bound = assert(sr.socket("unix", "stream"))
+      assert(bound:bind(path))
+      local s, msg, code = sr.connect(path)
+      assert.is_nil(s)
+      assert.is_string(msg)
+      assert.equal("ECONNREFUSED", code)
+      bound:close()
+    end)
+
+  it("sr.connect takes opts.timeout", function()
+    local path = tmppath()
+    local srv = assert(sr.listen(path, echo))
+    local c = assert(sr.connect(path, { timeout = 5 }))
+    assert.equal("t", c:write("t\n"):read("l"))
+    c:close()
+    srv:close()
+  end)
+
+  it("raise for a path that is too long", function()
+    local long = "/tmp/" .. string.rep("x", 200)
+    raises(function() return sr.listen(long, echo) end, "too long")
+    raises(function() return sr.connect(long) end, "too long")
+  end)
+
+  it("raise for a bad path or handler", function()
+    raises(function() return sr.connect("") end, "bad argument #1")
+    raises(function() return sr.listen("", echo) end, "bad argument #1")
+    raises(function() return sr.listen(tmppath(), "echo") end,
+      "bad argument #2 to 'listen'")
+    raises(function() return sr.connect(tmppath(), "opts") end,
+      "bad argument #2 to 'connect'")
+  end)
+
+  it("work in the abstract namespace with \"@name\"", function()
+    local name = abstract()
+    local srv = assert(sr.listen(name, echo))
+    assert.equal(name, (srv:getsockname()))
+    assert.is_false(exists(name))
+    local c = assert(sr.connect(name))
+    c:settimeout(5)
+    assert.equal(name, (c:getpeername()))
+    assert.equal("abstract", c:write("abstract\n"):read("l"))
+    c:close()
+    srv:close()
+    assert_fail("ECONNREFUSED", sr.connect(name))
+  end)
+
+  it("work inside a task", function()
+    local path = tmppath()
+    in_task(function()
+      local srv = assert(sr.listen(path, echo))
+      local c = assert(sr.connect(path))
+      c:settimeout(5)
+      assert.equal("in task", c:write("in task\n"):read("l"))
+      c:close()
+      srv:close()
+      assert_fail("ENOENT", sr.connect(path))
+    end)
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("unix stream sockets with the raw calls", function()
+  it("bind, listen, accept and connect", function()
+    local path = tmppath()
+    local l = assert(sr.socket("unix", "stream"))
+    assert.is_true(l:bind(path))
+    assert.is_true(l:listen())
+    assert.equal(path, (l:getsockname()))
+    assert.equal("sockrun.socket(unix, " .. path .. ", listening)",
+      tostring(l))
+    local c = assert(sr.socket("unix", "stream"))
+    c:settimeout(5)
+    assert.is_true(c:connect(path))
+    assert.equal(path, (c:getpeername()))
+    local a, peer = l:accept()
+    assert.is_userdata(a)
+    assert.equal("", peer)
+    a:settimeout(5)
+    c:write("raw\n")
+    assert.equal("raw", a:read("l"))
+    a:write("back\n")
+    assert.equal("back", c:read("l"))
+    a:close()
+    c:close()
+    l:close()
+    assert.is_false(exists(path))
+  end)
+
+  it("accept returns the peer's path when the client is bound", function()
+    local path, cpath = tmppath("srv"), tmppath("cli")
+    local l = assert(sr.socket("unix", "stream"))
+    assert(l:bind(path))
+    assert(l:listen())
+    local c = assert(sr.socket("unix", "stream"))
+    assert.is_true(c:bind(cpath))
+    assert(c:connect(path))
+    local a, peer = l:accept()
+    assert.equal(cpath, peer)
+    assert.equal(cpath, (a:getpeername()))
+    a:close()
+    c:close()
+    l:close()
+  end)
+
+  it("remove the path of a forgotten listener when it is collected",
+    function()
+      local path = tmppath()
+      do
+        local l = assert(sr.socket("unix", "stream"))
+        assert(l:bind(path))
+        assert(l:listen())
+      end
+      assert.is_true(exists(path))
+      collectgarbage()
+      collectgarbage()
+      H.settle()
+      assert.is_false(exists(path))
+    end)
+
+  it("bind fails with EADDRINUSE on an existing path", function()
+    local path = tmppath()
+    local a = assert(sr.socket("unix", "stream"))
+    assert(a:bind(path))
+    local b = assert(sr.socket("unix", "stream"))
+    assert_fail("EADDRINUSE", b:bind(path))
+    a:close()
+    b:close()
+  end)
+
+  it("connect returns nil, msg, ENOENT for a missing path", function()
+    local c = assert(sr.socket("unix", "stream"))
+    local ok, msg, code = c:connect(tmppath("missing"))
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.equal("ENOENT", code)
+    c:close()
+  end)
+
+  it("raises for a path that is too long", function()
+    local s = assert(sr.socket("unix", "stream"))
+    local long = "/tmp/" .. string.rep("y", 120)
+    raises(function() return s:bind(long) end,
+      "bad argument #1 to 'bind'", "too long")
+    raises(function() return s:connect(long) end,
+      "bad argument #1 to 'connect'", "too long")
+    s:close()
+  end)
+
+  it("raises for an empty path or one with a zero byte", function()
+    local s = assert(sr.socket("unix", "stream"))
+    raises(function() return s:bind("") end, "bad argument #1 to 'bind'")
+    raises(function() return s:bind("/tmp/a\0b") end,
+      "bad argument #1 to 'bind'")
+    raises(function() return s:connect({}) end,
+      "bad argument #1 to 'connect'")
+    s:close()
+  end)
+
+  it("bind and connect in the abstract namespace", function()
+    local name = abstract()
+    local l = assert(sr.socket("unix", "stream"))
+    assert.is_true(l:bind(name))
+    assert.is_true(l:listen())
+    local c = assert(sr.socket("unix", "stream"))
+    assert.is_true(c:connect(name))
+    local a = assert(l:accept())
+    c:write("@")
+    assert.equal("@", a:read(1))
+    a:close()
+    c:close()
+    l:close()
+  end)
+
+  it("accept waits inside a task", function()
+    local path = tmppath()
+    local l = assert(sr.socket("unix", "stream"))
+    assert(l:bind(path))
+    assert(l:listen())
+    local t = sr.spawn(function()
+      l:settimeout(5)
+      local a, peer = assert(l:accept())
+      local line = a:read("l")
+      a:close()
+      return peer, line
+    end)
+    local c = assert(sr.connect(path))
+    c:write("to the task\n")
+    local peer, line = t:join(5)
+    assert.equal("", peer)
+    assert.equal("to the task", line)
+    c:close()
+    l:close()
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
+describe("unix datagram sockets", function()
+  it("carry datagrams between two bound sockets with their paths",
+    function()
+      local a, apath = dgram()
+      local b, bpath = dgram()
+      assert.equal(apath, (a:getsockname()))
+      assert.is_true(a:sendto("to b", bpath))
+      local data, from = b:recvfrom()
+      assert.equal("to b", data)
+      assert.equal(apath, from)
+      assert.is_true(b:sendto("to a", from))
+      assert.same({ "to a", bpath }, { a:recvfrom() })
+      a:close()
+      b:close()
+    end)
+
+  it("keep datagram boundaries", function()
+    local a = dgram()
+    local b, bpath = dgram()
+    for i = 1, 10 do assert(a:sendto(string.rep("d", i), bpath)) end
+    for i = 1, 10 do assert.equal(string.rep("d", i), (b:recvfrom())) end
+    a:close()
+    b:close()
+  end)
+
+  it("give \"\" as the sender of an unbound socket", function()
+    local b, bpath = dgram()
+    local u = assert(sr.socket("unix", "dgram"))
+    assert.is_true(u:sendto("anonymous", bpath))
+    local data, from = b:recvfrom()
+    assert.equal("anonymous", data)
+    assert.equal("", from)
+    u:close()
+    b:close()
+  end)
+
+  it("connect sets the peer for write, read and sendto", function()
+    local a, apath = dgram()
+    local b, bpath = dgram()
+    assert.is_true(a:connect(bpath))
+    assert.equal(bpath, (a:getpeername()))
+    assert.equal(a, a:write("via ", "write"))
+    assert.same({ "via write", apath }, { b:recvfrom() })
+    assert.is_true(a:sendto("via sendto"))
+    assert.equal("via sendto", (b:recvfrom()))
+    b:sendto("reply", apath)
+    assert.equal("reply", a:read())
+    a:close()
+    b:close()
+  end)
+
+  it("an unbound connected socket can write", function()
+    local b, bpath = dgram()
+    local u = assert(sr.socket("unix", "dgram"))
+    assert.is_true(u:connect(bpath))
+    u:write("notify")
+    assert.same({ "notify", "" }, { b:recvfrom() })
+    u:close()
+    b:close()
+  end)
+
+  it("work in the abstract namespace", function()
+    local aname, bname = abstract(), abstract()
+    local a = dgram(aname)
+    local b = dgram(bname)
+    assert.equal(aname, (a:getsockname()))
+    assert.is_true(a:sendto("abstract dgram", bname))
+    assert.same({ "abstract dgram", aname }, { b:recvfrom() })
+    a:close()
+    b:close()
+  end)
+
+  it("recvfrom times out with ETIMEDOUT and still works after", function()
+    local a = dgram()
+    local b, bpath = dgram()
+    b:settimeout(0.05)
+    local ok, msg, code = b:recvfrom()
+    assert.is_nil(ok)
+    assert.equal("timeout", msg)
+    assert.equal("ETIMEDOUT", code)
+    a:sendto("later", bpath)
+    assert.equal("later", (b:recvfrom()))
+    a:close()
+    b:close()
+  end)
+
+  it("sendto returns nil, msg, ENOENT for a missing path", function()
+    local a = dgram()
+    local ok, msg, code = a:sendto("lost", tmppath("missing"))
+    assert.is_nil(ok)
+    assert.is_string(msg)
+    assert.equal("ENOENT", code)
+    a:close()
+  end)
+
+  it("connect returns nil, msg, ENOENT for a missing path", function()
+    local a = assert(sr.socket("unix", "dgram"))
+    assert_fail("ENOENT", a:connect(tmppath("missing")))
+    a:close()
+  end)
+
+  it("bind fails with EADDRINUSE on an existing path", function()
+    local a, path = dgram()
+    local b = assert(sr.socket("unix", "dgram"))
+    assert_fail("EADDRINUSE", b:bind(path))
+    a:close()
+    b:close()
+  end)
+
+  it("raise for a path that is too long", function()
+    local a = dgram()
+    local long = "/tmp/" .. string.rep("z", 150)
+    raises(function() return a:sendto("x", long) end,
+      "bad argument #2 to 'sendto'", "too long")
+    raises(function() return a:bind(long) end,
+      "bad argument #1 to 'bind'", "too long")
+    a:close()
+  end)
+
+  it("answer EBADF on a closed socket", function()
+    local a = dgram()
+    a:close()
+    assert_closed(a:sendto("x", "/tmp/x"))
+    assert_closed(a:recvfrom())
+    assert_closed(a:read())
+  end)
+
+  it("work inside a task", function()
+    local a = dgram()
+    local b, bpath = dgram()
+    in_task(function()
+      local echo_task = sr.spawn(function()
+        local data, from = b:recvfrom()
+        b:sendto(data:reverse(), from)
+      end)
+      a:sendto("olleh", bpath)
+      assert.same({ "hello", bpath }, { a:recvfrom() })
+      echo_task:join(5)
+    end)
+    a:close()
+    b:close()
+  end)
+end)
