@@ -13,13 +13,12 @@
 
 typedef struct {
   uv_getaddrinfo_t req;
-  sr_task *task;   /* waiting task, NULL once abandoned */
+  sr_task *task; /* waiting task, NULL once abandoned */
   int done, status;
   struct addrinfo *res;
 } sr_dns_req;
 
-static void sr_dns_cb(uv_getaddrinfo_t *req, int status,
-                      struct addrinfo *res) {
+static void sr_dns_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   sr_dns_req *r = (sr_dns_req *)req;
   r->done = 1;
   r->status = status;
@@ -120,8 +119,7 @@ static int sr_resolve(lua_State *L) {
   return sr_resolve_k(L, LUA_OK, (lua_KContext)r);
 }
 
-static const luaL_Reg sr_dns_funcs[] = {{"resolve", sr_resolve},
-                                        {NULL, NULL}};
+static const luaL_Reg sr_dns_funcs[] = {{"resolve", sr_resolve}, {NULL, NULL}};
 
 void sr__dns_open(lua_State *L, sr_loop *lp) {
   sr__setfuncs(L, sr_dns_funcs, lp);

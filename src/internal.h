@@ -51,35 +51,35 @@ typedef enum {
 
 struct sr_task {
   sr_loop *loop;
-  lua_State *co;         /* the coroutine; NULL for the loop-driving one */
-  int ref;               /* registry ref anchoring the task while alive */
+  lua_State *co; /* the coroutine; NULL for the loop-driving one */
+  int ref;       /* registry ref anchoring the task while alive */
   sr_task_state state;
-  int wake;              /* why the last wait ended: 0 or a UV_E* code */
-  int woken;             /* pseudo-task: the wait has ended */
-  int nres;              /* results (or error object) on co's stack */
+  int wake;  /* why the last wait ended: 0 or a UV_E* code */
+  int woken; /* pseudo-task: the wait has ended */
+  int nres;  /* results (or error object) on co's stack */
   /* What the task waits on, and how to take it off that thing's list. */
   void *wait_on;
   void (*detach)(sr_task *t);
-  uv_timer_t *timer;     /* lazily allocated; freed in its close callback */
-  uint64_t deadline;     /* loop time (ms) the current operation ends at */
+  uv_timer_t *timer; /* lazily allocated; freed in its close callback */
+  uint64_t deadline; /* loop time (ms) the current operation ends at */
   int has_deadline;
-  sr_task *joiners;      /* tasks waiting in join() for this one */
-  sr_task *next_joiner;  /* link in the joined task's list */
+  sr_task *joiners;     /* tasks waiting in join() for this one */
+  sr_task *next_joiner; /* link in the joined task's list */
 };
 
 struct sr_loop {
   uv_loop_t uv;
-  lua_State *L;        /* main thread; NULL once the state is closing */
-  lua_State *R;        /* the thread that entered uv_run (runs callbacks) */
-  sr_task *current;    /* the task running now, NULL outside tasks */
-  sr_task main;        /* pseudo-task for blocking calls outside tasks */
-  int running;         /* > 0 while inside uv_run */
-  int stopped;         /* sr.stop() was called */
-  int mask_sigpipe;    /* SIGPIPE is at its default: block it in uv_run */
-  int onerror_ref;     /* sr.onerror hook, or LUA_NOREF */
-  void *signals[65];   /* sr.signal handlers by signal number */
-  int nsockets;        /* socket structs not yet freed */
-  int ntasks;          /* tasks started and not finished */
+  lua_State *L;      /* main thread; NULL once the state is closing */
+  lua_State *R;      /* the thread that entered uv_run (runs callbacks) */
+  sr_task *current;  /* the task running now, NULL outside tasks */
+  sr_task main;      /* pseudo-task for blocking calls outside tasks */
+  int running;       /* > 0 while inside uv_run */
+  int stopped;       /* sr.stop() was called */
+  int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
+  int onerror_ref;   /* sr.onerror hook, or LUA_NOREF */
+  void *signals[65]; /* sr.signal handlers by signal number */
+  int nsockets;      /* socket structs not yet freed */
+  int ntasks;        /* tasks started and not finished */
   char rbuf[SR_READ_CHUNK]; /* every stream read lands here first */
 };
 
@@ -97,37 +97,37 @@ struct sr_socket {
     uv_stream_t stream;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
-    uv_poll_t poll;   /* datagram sockets: the descriptor is ours */
+    uv_poll_t poll; /* datagram sockets: the descriptor is ours */
   } h;
   sr_loop *loop;
   sr_kind kind;
-  int family;         /* AF_INET, AF_INET6, AF_UNIX */
-  int fd;             /* the descriptor (datagram: owned by us) */
-  unsigned closed : 1;      /* close() called: no more Lua operations */
-  unsigned closing : 1;     /* uv_close() called */
+  int family;           /* AF_INET, AF_INET6, AF_UNIX */
+  int fd;               /* the descriptor (datagram: owned by us) */
+  unsigned closed : 1;  /* close() called: no more Lua operations */
+  unsigned closing : 1; /* uv_close() called */
   unsigned listening : 1;
   unsigned connected : 1;
-  unsigned reading : 1;     /* uv_read_start active */
+  unsigned reading : 1; /* uv_read_start active */
   unsigned eof : 1;
-  unsigned shut : 1;        /* shutdown() issued */
-  unsigned nbio_ref : 1;    /* handle currently uv_ref'd */
-  int rerr;           /* sticky read error (UV_E*), reported after data */
-  int werr;           /* sticky write error from a queued write */
-  int accept_status;  /* > 0: a connection is pending; < 0: an error */
-  int connect_status; /* 0 idle, 1 connecting, 2 done: result in cresult */
+  unsigned shut : 1;     /* shutdown() issued */
+  unsigned nbio_ref : 1; /* handle currently uv_ref'd */
+  int rerr;              /* sticky read error (UV_E*), reported after data */
+  int werr;              /* sticky write error from a queued write */
+  int accept_status;     /* > 0: a connection is pending; < 0: an error */
+  int connect_status;    /* 0 idle, 1 connecting, 2 done: result in cresult */
   int cresult;
-  int poll_events;    /* datagram: events uv_poll watches */
-  sr_task *reader;    /* the task waiting to read/accept/recv */
-  sr_task *writer;    /* the task waiting to write/connect/send */
-  int nwrites;        /* queued write requests */
+  int poll_events;     /* datagram: events uv_poll watches */
+  sr_task *reader;     /* the task waiting to read/accept/recv */
+  sr_task *writer;     /* the task waiting to write/connect/send */
+  int nwrites;         /* queued write requests */
   size_t write_queued; /* bytes in queued write requests (datagrams too) */
   /* Unread bytes: buf[off .. off+len). NULL while nothing is unread. */
   char *buf;
   size_t off, len, cap;
-  size_t scanned;     /* bytes from off known to hold no '\n' */
+  size_t scanned; /* bytes from off known to hold no '\n' */
   size_t maxline;
-  double timeout[3];  /* connect, read, write; < 0 means none */
-  char *path;         /* unix path we bound, unlinked at close */
+  double timeout[3]; /* connect, read, write; < 0 means none */
+  char *path;        /* unix path we bound, unlinked at close */
   uv_connect_t creq;
 };
 
@@ -170,8 +170,7 @@ int sr__spawn(lua_State *L);
 /* socket.c */
 sr_socket *sr__check_socket(lua_State *L, int arg);
 sr_socket *sr__to_socket(lua_State *L, int arg);
-sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind,
-                          int family);
+sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind, int family);
 void sr__socket_close(sr_socket *s);
 int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
                     int fresh, lua_KContext ctx, lua_KFunction k);

@@ -57,8 +57,10 @@ int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode) {
 
 static void sr_check_can_run(lua_State *L, sr_loop *lp, const char *what) {
   if (lp->running > 0 || lp->current != NULL)
-    luaL_error(L, "%s cannot be called from inside a task or callback "
-                  "(the loop is already running)", what);
+    luaL_error(L,
+               "%s cannot be called from inside a task or callback "
+               "(the loop is already running)",
+               what);
 }
 
 /* sr.run([fn, ...]): spawn fn if given, then run until no work is left or
@@ -126,7 +128,9 @@ static int sr_counts(lua_State *L) {
 /* Teardown, when the Lua state closes (the loop userdata is finalized     */
 /* last, having been created first).                                      */
 
-static void sr_free_close_cb(uv_handle_t *h) { free(h); }
+static void sr_free_close_cb(uv_handle_t *h) {
+  free(h);
+}
 
 static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
   (void)arg;
@@ -212,7 +216,6 @@ static sr_loop *sr_loop_get(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, "sockrun.loop");
   return lp;
 }
-
 
 int luaopen_sockrun_core(lua_State *L) {
   sr_loop *lp = sr_loop_get(L);

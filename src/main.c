@@ -220,9 +220,10 @@ int main(int argc, char **argv) {
       if (strcmp(argv[i], "-e") == 0) has_e = 1;
     if (!has_e || interactive) {
       if (isatty(STDIN_FILENO) || interactive) {
-        fprintf(stderr, "%s: the interactive REPL is not built yet; "
-                        "run a script: %s script.lua\n", sr_progname,
-                sr_progname);
+        fprintf(stderr,
+                "%s: the interactive REPL is not built yet; "
+                "run a script: %s script.lua\n",
+                sr_progname, sr_progname);
         return 1;
       }
       a.stdin_script = 1; /* as lua5.4 does when stdin is not a terminal */

@@ -16,13 +16,15 @@ typedef struct {
 static const struct {
   const char *name;
   int num;
-} sr_signames[] = {{"SIGINT", SIGINT},   {"SIGTERM", SIGTERM},
-                   {"SIGHUP", SIGHUP},   {"SIGQUIT", SIGQUIT},
-                   {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2},
+} sr_signames[] = {{"SIGINT", SIGINT},     {"SIGTERM", SIGTERM},
+                   {"SIGHUP", SIGHUP},     {"SIGQUIT", SIGQUIT},
+                   {"SIGUSR1", SIGUSR1},   {"SIGUSR2", SIGUSR2},
                    {"SIGWINCH", SIGWINCH}, {"SIGCHLD", SIGCHLD},
-                   {"SIGALRM", SIGALRM}, {NULL, 0}};
+                   {"SIGALRM", SIGALRM},   {NULL, 0}};
 
-static void sr_signal_close_cb(uv_handle_t *h) { free(h); }
+static void sr_signal_close_cb(uv_handle_t *h) {
+  free(h);
+}
 
 /* Spawn a task running the handler: the main thread's stack is free here,
 ** since callbacks run from uv_run, which no task ever calls. */
@@ -35,7 +37,8 @@ static void sr_signal_cb(uv_signal_t *h, int signum) {
   lua_pushlightuserdata(L, lp);
   lua_pushcclosure(L, sr__spawn, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sg->fn);
-  for (i = 0; sr_signames[i].name && sr_signames[i].num != signum; i++) {}
+  for (i = 0; sr_signames[i].name && sr_signames[i].num != signum; i++) {
+  }
   lua_pushstring(L, sr_signames[i].name ? sr_signames[i].name : "?");
   if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
 }

@@ -34,8 +34,8 @@ void sr__socket_close_cb(uv_handle_t *h) {
 ** on it or writes are queued: an idle socket nobody waits on does not keep
 ** a script from ending. */
 void sr__socket_update_ref(sr_socket *s) {
-  int want = !s->closing &&
-             (s->reader != NULL || s->writer != NULL || s->nwrites > 0);
+  int want =
+      !s->closing && (s->reader != NULL || s->writer != NULL || s->nwrites > 0);
   if (want == (int)s->nbio_ref) return;
   if (want)
     uv_ref(&s->h.handle);
@@ -49,7 +49,8 @@ void sr__socket_update_ref(sr_socket *s) {
 static void sr_socket_uv_close(sr_socket *s) {
   if (s->closing) return;
   s->closing = 1;
-  if (s->path != NULL && s->listening) unlink(s->path);
+  /* a path we bound for a server or a datagram socket is ours to remove */
+  if (s->path != NULL && (s->listening || s->kind == SR_DGRAM)) unlink(s->path);
   if (s->kind == SR_DGRAM) {
     uv_poll_stop(&s->h.poll);
     uv_close(&s->h.handle, sr__socket_close_cb);
@@ -151,8 +152,10 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
       if (err == 0 && make_fd) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0 || (err = uv_pipe_open(&s->h.pipe, fd)) < 0) {
-          if (fd < 0) err = -errno;
-          else close(fd);
+          if (fd < 0)
+            err = -errno;
+          else
+            close(fd);
           /* the pipe handle is initialised: close it the libuv way */
           s->h.handle.data = s;
           lp->nsockets++;
@@ -163,9 +166,7 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
         }
       }
       break;
-    case SR_DGRAM:
-      err = sr__dgram_init(s, family);
-      break;
+    case SR_DGRAM: err = sr__dgram_init(s, family); break;
   }
   if (err < 0) {
     free(s);
@@ -193,22 +194,22 @@ static int sr_socket_new(lua_State *L) {
   } else {
     type = sr__check_name(L, 2, types, "type") == 0 ? SOCK_STREAM : SOCK_DGRAM;
   }
-  luaL_argcheck(L, proto == 0 ||
-                   (family != AF_UNIX && type == SOCK_STREAM &&
-                    proto == IPPROTO_TCP) ||
-                   (family != AF_UNIX && type == SOCK_DGRAM &&
-                    proto == IPPROTO_UDP),
-                3, "unsupported protocol");
+  luaL_argcheck(
+      L,
+      proto == 0 ||
+          (family != AF_UNIX && type == SOCK_STREAM && proto == IPPROTO_TCP) ||
+          (family != AF_UNIX && type == SOCK_DGRAM && proto == IPPROTO_UDP),
+      3, "unsupported protocol");
   if (sr_socket_push(L, lp,
-                     type == SOCK_DGRAM ? SR_DGRAM
-                                        : family == AF_UNIX ? SR_PIPE : SR_TCP,
+                     type == SOCK_DGRAM  ? SR_DGRAM
+                     : family == AF_UNIX ? SR_PIPE
+                                         : SR_TCP,
                      family, 1, &err) == NULL)
     return sr__fail(L, err);
   return 1;
 }
 
-sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind,
-                          int family) {
+sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind, int family) {
   int err = 0;
   return sr_socket_push(L, lp, kind, family, 0, &err);
 }
@@ -289,7 +290,8 @@ static int sr_socket_setsockopt(lua_State *L) {
     int optname = (int)luaL_checkinteger(L, 3);
     v = sr_check_optint(L, 4);
     if (s == NULL) return 3;
-    return sr_sockopt_result(L, setsockopt(s->fd, level, optname, &v, sizeof v));
+    return sr_sockopt_result(L,
+                             setsockopt(s->fd, level, optname, &v, sizeof v));
   }
   o = sr_check_opt(L, 2);
   if (s == NULL) return 3;
@@ -297,36 +299,35 @@ static int sr_socket_setsockopt(lua_State *L) {
     case SR_OPT_BOOL:
       luaL_checktype(L, 3, LUA_TBOOLEAN);
       v = lua_toboolean(L, 3);
-      return sr_sockopt_result(L, setsockopt(s->fd, o->level, o->optname, &v,
-                                             sizeof v));
+      return sr_sockopt_result(
+          L, setsockopt(s->fd, o->level, o->optname, &v, sizeof v));
     case SR_OPT_INT:
       v = (int)luaL_checkinteger(L, 3);
       luaL_argcheck(L, v > 0, 3, "size must be positive");
-      return sr_sockopt_result(L, setsockopt(s->fd, o->level, o->optname, &v,
-                                             sizeof v));
+      return sr_sockopt_result(
+          L, setsockopt(s->fd, o->level, o->optname, &v, sizeof v));
     case SR_OPT_SECONDS: {
       /* false: off; a number of seconds: on, with that idle/linger time */
       int on = !(lua_isboolean(L, 3) && !lua_toboolean(L, 3));
       lua_Integer sec = 0;
       if (on) {
         sec = luaL_checkinteger(L, 3);
-        luaL_argcheck(L, sec >= 0 && sec <= INT_MAX, 3,
-                      "seconds must be >= 0");
+        luaL_argcheck(L, sec >= 0 && sec <= INT_MAX, 3, "seconds must be >= 0");
       }
       if (o->optname == SO_LINGER) {
         struct linger lg;
         lg.l_onoff = on;
         lg.l_linger = (int)sec;
-        return sr_sockopt_result(L, setsockopt(s->fd, SOL_SOCKET, SO_LINGER,
-                                               &lg, sizeof lg));
+        return sr_sockopt_result(
+            L, setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
       }
       v = on;
       if (setsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof v) < 0)
         return sr__fail(L, -errno);
       if (on && sec > 0) {
         v = (int)sec;
-        return sr_sockopt_result(L, setsockopt(s->fd, IPPROTO_TCP,
-                                               TCP_KEEPIDLE, &v, sizeof v));
+        return sr_sockopt_result(
+            L, setsockopt(s->fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof v));
       }
       lua_pushboolean(L, 1);
       return 1;
@@ -464,11 +465,10 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
       }
       return 1 + sr__push_addr(L, (struct sockaddr *)&ss, (socklen_t)len);
     }
-    if (!fresh && sr__timedout(s->loop->current ? s->loop->current
-                                                : &s->loop->main))
+    if (!fresh &&
+        sr__timedout(s->loop->current ? s->loop->current : &s->loop->main))
       return sr__fail(L, UV_ETIMEDOUT);
-    sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx,
-                    sr_socket_accept_k);
+    sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_socket_accept_k);
     fresh = 0;
   }
 }
@@ -719,18 +719,17 @@ static const struct {
   const char *name;
   int value;
 } sr_constants[] = {
-    {"AF_INET", AF_INET},         {"AF_INET6", AF_INET6},
-    {"AF_UNIX", AF_UNIX},         {"AF_LOCAL", AF_LOCAL},
-    {"SOCK_STREAM", SOCK_STREAM}, {"SOCK_DGRAM", SOCK_DGRAM},
-    {"SOL_SOCKET", SOL_SOCKET},   {"SO_REUSEADDR", SO_REUSEADDR},
+    {"AF_INET", AF_INET},           {"AF_INET6", AF_INET6},
+    {"AF_UNIX", AF_UNIX},           {"AF_LOCAL", AF_LOCAL},
+    {"SOCK_STREAM", SOCK_STREAM},   {"SOCK_DGRAM", SOCK_DGRAM},
+    {"SOL_SOCKET", SOL_SOCKET},     {"SO_REUSEADDR", SO_REUSEADDR},
     {"SO_REUSEPORT", SO_REUSEPORT}, {"SO_KEEPALIVE", SO_KEEPALIVE},
-    {"SO_RCVBUF", SO_RCVBUF},     {"SO_SNDBUF", SO_SNDBUF},
+    {"SO_RCVBUF", SO_RCVBUF},       {"SO_SNDBUF", SO_SNDBUF},
     {"SO_BROADCAST", SO_BROADCAST}, {"SO_ERROR", SO_ERROR},
-    {"SO_TYPE", SO_TYPE},
-    {"IPPROTO_TCP", IPPROTO_TCP}, {"IPPROTO_UDP", IPPROTO_UDP},
-    {"IPPROTO_IPV6", IPPROTO_IPV6}, {"TCP_NODELAY", TCP_NODELAY},
-    {"TCP_KEEPIDLE", TCP_KEEPIDLE}, {"IPV6_V6ONLY", IPV6_V6ONLY},
-    {NULL, 0}};
+    {"SO_TYPE", SO_TYPE},           {"IPPROTO_TCP", IPPROTO_TCP},
+    {"IPPROTO_UDP", IPPROTO_UDP},   {"IPPROTO_IPV6", IPPROTO_IPV6},
+    {"TCP_NODELAY", TCP_NODELAY},   {"TCP_KEEPIDLE", TCP_KEEPIDLE},
+    {"IPV6_V6ONLY", IPV6_V6ONLY},   {NULL, 0}};
 
 /* Register the socket metatable, constants and sr.socket into the table
 ** at the top; the method table is also exposed as `methods` so the Lua

@@ -100,8 +100,8 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
 /* Start reading in the background, if not already and not at EOF. */
 void sr__stream_start(sr_socket *s) {
   if (!s->reading && !s->eof && s->rerr == 0) {
-    int err = uv_read_start(&s->h.stream, sr_stream_alloc_cb,
-                            sr_stream_read_cb);
+    int err =
+        uv_read_start(&s->h.stream, sr_stream_alloc_cb, sr_stream_read_cb);
     if (err < 0)
       s->rerr = err;
     else
@@ -119,8 +119,7 @@ void sr__stream_release(sr_socket *s) {
 
 typedef enum { SR_READ_ANY, SR_READ_LINE, SR_READ_ALL, SR_READ_COUNT } sr_fmt;
 
-static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count,
-                              int *keep) {
+static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count, int *keep) {
   const char *f;
   *keep = 0;
   if (lua_isnoneornil(L, arg)) return SR_READ_ANY;
@@ -177,10 +176,9 @@ static int sr_stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
       break;
     case SR_READ_LINE: {
       const char *base = s->buf + s->off;
-      const char *nl = s->len > s->scanned
-                           ? memchr(base + s->scanned, '\n',
-                                    s->len - s->scanned)
-                           : NULL;
+      const char *nl = s->len > s->scanned ? memchr(base + s->scanned, '\n',
+                                                    s->len - s->scanned)
+                                           : NULL;
       if (nl != NULL) {
         size_t n = (size_t)(nl - base) + 1, k = n;
         if (!keep) {
@@ -210,8 +208,8 @@ static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
     sr_socket *s = sr__check_socket(L, 1);
     if (s == NULL) return 3;
     if ((n = sr_stream_try_read(L, s, fmt, count, keep)) > 0) return n;
-    if (!fresh && sr__timedout(s->loop->current ? s->loop->current
-                                                : &s->loop->main))
+    if (!fresh &&
+        sr__timedout(s->loop->current ? s->loop->current : &s->loop->main))
       return sr__fail(L, UV_ETIMEDOUT);
     sr__stream_start(s);
     if (s->rerr != 0) continue; /* could not start: report it */
@@ -257,19 +255,18 @@ static int sr_stream_write_k(lua_State *L, int status, lua_KContext ctx) {
       lua_settop(L, 1);
       return 1;
     }
-    if (!fresh && sr__timedout(s->loop->current ? s->loop->current
-                                                : &s->loop->main))
+    if (!fresh &&
+        sr__timedout(s->loop->current ? s->loop->current : &s->loop->main))
       return sr__fail(L, UV_ETIMEDOUT);
-    sr__socket_wait(L, s, &s->writer, SR_TWRITE, fresh, ctx,
-                    sr_stream_write_k);
+    sr__socket_wait(L, s, &s->writer, SR_TWRITE, fresh, ctx, sr_stream_write_k);
     fresh = 0;
   }
 }
 
 /* Queue bufs[0..n) (the tail of arguments first..top), anchoring the
 ** strings in the registry until the write callback. */
-static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs,
-                           int n, int first) {
+static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
+                           int first) {
   sr_write_req *w = malloc(sizeof *w);
   int i, err, top = lua_gettop(L);
   if (w == NULL) return UV_ENOMEM;

@@ -16,7 +16,9 @@
 
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 
-static void sr_timer_close_cb(uv_handle_t *h) { free(h); }
+static void sr_timer_close_cb(uv_handle_t *h) {
+  free(h);
+}
 
 static void sr_task_timer_cb(uv_timer_t *timer) {
   sr_task *t = timer->data;
@@ -62,20 +64,24 @@ sr_task *sr__self(lua_State *L, sr_loop *lp) {
   sr_task *t = lp->current;
   if (t != NULL && t->co == L) {
     if (!lua_isyieldable(L))
-      luaL_error(L, "cannot block across a C-call boundary (metamethod, "
-                    "iterator or sort comparator); use sr.spawn");
+      luaL_error(L,
+                 "cannot block across a C-call boundary (metamethod, "
+                 "iterator or sort comparator); use sr.spawn");
     return t;
   }
   if (lp->running > 0 || t != NULL)
-    luaL_error(L, "cannot block outside a sockrun task while the loop is "
-                  "running (a coroutine sockrun did not create); use "
-                  "sr.spawn");
+    luaL_error(L,
+               "cannot block outside a sockrun task while the loop is "
+               "running (a coroutine sockrun did not create); use "
+               "sr.spawn");
   if (lp->main.state == SR_TASK_WAITING)
     luaL_error(L, "cannot block: a blocking call is already in progress");
   return &lp->main;
 }
 
-int sr__timedout(sr_task *t) { return t->wake == UV_ETIMEDOUT; }
+int sr__timedout(sr_task *t) {
+  return t->wake == UV_ETIMEDOUT;
+}
 
 /*
 ** Suspend t until sr__wake. fresh starts a new operation, whose deadline is
@@ -203,8 +209,7 @@ void sr__report(sr_loop *lp, lua_State *L, int tidx) {
     lua_pushvalue(L, -3); /* traceback */
     lua_pushvalue(L, tidx);
     if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
-    fprintf(stderr, "sockrun: error in sr.onerror: %s\n",
-            lua_tostring(L, -1));
+    fprintf(stderr, "sockrun: error in sr.onerror: %s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
   }
   fprintf(stderr, "sockrun: %s\n", lua_tostring(L, -1));
@@ -233,8 +238,8 @@ static int sr_task_body(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, sr_task_msgh, 1);
   lua_insert(L, 1);
-  return sr_task_body_k(L, lua_pcallk(L, n - 1, LUA_MULTRET, 1, 0,
-                                      sr_task_body_k), 0);
+  return sr_task_body_k(
+      L, lua_pcallk(L, n - 1, LUA_MULTRET, 1, 0, sr_task_body_k), 0);
 }
 
 static sr_task *sr_check_task(lua_State *L, int arg) {
@@ -304,10 +309,8 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
         lua_remove(L, -2);
         lua_pushliteral(L, "ETASK");
         return 3;
-      case SR_TASK_CANCELLED:
-        return sr__fail(L, UV_ECANCELED);
-      default:
-        break;
+      case SR_TASK_CANCELLED: return sr__fail(L, UV_ECANCELED);
+      default: break;
     }
     self = sr__self(L, lp);
     if (!fresh && sr__timedout(self)) return sr__fail(L, UV_ETIMEDOUT);
@@ -335,14 +338,12 @@ static int sr_task_cancel(lua_State *L) {
   switch (t->state) {
     case SR_TASK_DONE:
     case SR_TASK_FAILED:
-    case SR_TASK_CANCELLED:
-      lua_pushboolean(L, 0);
-      return 1;
+    case SR_TASK_CANCELLED: lua_pushboolean(L, 0); return 1;
     case SR_TASK_RUNNING:
-      return luaL_error(L, "cannot cancel a running task (it is the caller "
-                           "or one of its callers)");
-    case SR_TASK_WAITING:
-      break;
+      return luaL_error(L,
+                        "cannot cancel a running task (it is the caller "
+                        "or one of its callers)");
+    case SR_TASK_WAITING: break;
   }
   sr_task_detach(t);
   t->state = SR_TASK_CANCELLED;
@@ -418,14 +419,16 @@ static int sr_onerror(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg sr_task_methods[] = {
-    {"join", sr_task_join},     {"cancel", sr_task_cancel},
-    {"status", sr_task_status}, {NULL, NULL}};
+static const luaL_Reg sr_task_methods[] = {{"join", sr_task_join},
+                                           {"cancel", sr_task_cancel},
+                                           {"status", sr_task_status},
+                                           {NULL, NULL}};
 
-static const luaL_Reg sr_task_funcs[] = {
-    {"spawn", sr__spawn},     {"sleep", sr_sleep},
-    {"current", sr_current}, {"onerror", sr_onerror},
-    {NULL, NULL}};
+static const luaL_Reg sr_task_funcs[] = {{"spawn", sr__spawn},
+                                         {"sleep", sr_sleep},
+                                         {"current", sr_current},
+                                         {"onerror", sr_onerror},
+                                         {NULL, NULL}};
 
 /* Register the task metatable and functions into the table at the top. */
 void sr__task_open(lua_State *L, sr_loop *lp) {

@@ -52,8 +52,7 @@ const char *sr__family_name(int family) {
 
 /* A family given by name ("inet", "inet6", "unix", "local") or number. */
 int sr__check_family(lua_State *L, int arg) {
-  static const char *const names[] = {"inet", "inet6", "unix", "local",
-                                      NULL};
+  static const char *const names[] = {"inet", "inet6", "unix", "local", NULL};
   static const int values[] = {AF_INET, AF_INET6, AF_UNIX, AF_UNIX};
   if (lua_type(L, arg) == LUA_TNUMBER) {
     lua_Integer f = luaL_checkinteger(L, arg);
@@ -140,7 +139,8 @@ socklen_t sr__check_unaddr(lua_State *L, int arg, struct sockaddr_storage *ss) {
   memset(ss, 0, sizeof *ss);
   sun->sun_family = AF_UNIX;
   luaL_argcheck(L, len > 0, arg, "empty unix socket path");
-  luaL_argcheck(L, len < sizeof sun->sun_path, arg, "unix socket path too long");
+  luaL_argcheck(L, len < sizeof sun->sun_path, arg,
+                "unix socket path too long");
   memcpy(sun->sun_path, path, len);
   if (path[0] == '@') {
     sun->sun_path[0] = '\0';
@@ -184,16 +184,15 @@ int sr__push_addr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
       }
       return 1;
     }
-    default:
-      lua_pushnil(L);
-      return 1;
+    default: lua_pushnil(L); return 1;
   }
 }
 
 /* Seconds: a non-negative number, or nil/false for "no bound" (-1). */
 double sr__opt_seconds(lua_State *L, int arg) {
   double sec;
-  if (lua_isnoneornil(L, arg) || (lua_isboolean(L, arg) && !lua_toboolean(L, arg)))
+  if (lua_isnoneornil(L, arg) ||
+      (lua_isboolean(L, arg) && !lua_toboolean(L, arg)))
     return -1;
   sec = luaL_checknumber(L, arg);
   luaL_argcheck(L, sec >= 0 && sec == sec, arg, "seconds must be >= 0");
