@@ -28,9 +28,9 @@ LMODDIR = $(PREFIX)/share/lua/$(LUA_V)
 
 # == Files ====================================================================
 CORE_SRC = src/util.c src/loop.c src/task.c src/socket.c src/stream.c \
-           src/dgram.c src/dns.c src/signal.c
+           src/dgram.c src/dns.c src/signal.c src/tty.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
-LUA_SRC = lua/sockrun.lua
+LUA_SRC = lua/sockrun.lua lua/sockrun/repl.lua
 EXAMPLES = $(wildcard examples/*.lua)
 
 # == Targets ==================================================================
@@ -92,15 +92,16 @@ sanitize:
 	build-san/lua-san $$(command -v $(BUSTED)) --output=spec/summary.lua spec
 
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(CMODDIR)/sockrun $(DESTDIR)$(LMODDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(CMODDIR)/sockrun $(DESTDIR)$(LMODDIR)/sockrun
 	install -m 755 $(BUILD)/sockrun $(DESTDIR)$(BINDIR)/sockrun
 	install -m 755 $(BUILD)/lua/sockrun/core.so $(DESTDIR)$(CMODDIR)/sockrun/core.so
 	install -m 644 lua/sockrun.lua $(DESTDIR)$(LMODDIR)/sockrun.lua
+	install -m 644 lua/sockrun/repl.lua $(DESTDIR)$(LMODDIR)/sockrun/repl.lua
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/sockrun $(DESTDIR)$(CMODDIR)/sockrun/core.so \
-	      $(DESTDIR)$(LMODDIR)/sockrun.lua
-	-rmdir $(DESTDIR)$(CMODDIR)/sockrun 2>/dev/null
+	      $(DESTDIR)$(LMODDIR)/sockrun.lua $(DESTDIR)$(LMODDIR)/sockrun/repl.lua
+	-rmdir $(DESTDIR)$(CMODDIR)/sockrun $(DESTDIR)$(LMODDIR)/sockrun 2>/dev/null
 
 format:
 	clang-format -i src/*.c src/*.h

@@ -12,7 +12,8 @@ local debug_getinfo, error, type, ipairs, pairs, setmetatable =
 local math_type, string_format = math.type, string.format
 
 local M = {}
-local private = { methods = true, counts = true, addrfamily = true }
+local private = { methods = true, counts = true, addrfamily = true,
+  stdin = true, isatty = true, ttymode = true, winsize = true }
 for k, v in pairs(core) do
   if not private[k] then M[k] = v end
 end

@@ -83,7 +83,7 @@ struct sr_loop {
   char rbuf[SR_READ_CHUNK]; /* every stream read lands here first */
 };
 
-typedef enum { SR_TCP, SR_PIPE, SR_DGRAM } sr_kind;
+typedef enum { SR_TCP, SR_PIPE, SR_DGRAM, SR_TTY } sr_kind;
 
 /*
 ** The socket. Its memory is malloc'd and freed only in the handle's close
@@ -97,6 +97,7 @@ struct sr_socket {
     uv_stream_t stream;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
+    uv_tty_t tty;     /* the REPL's standard input */
     uv_poll_t poll; /* datagram sockets: the descriptor is ours */
   } h;
   sr_loop *loop;
@@ -196,6 +197,9 @@ int sr__dgram_write(lua_State *L);
 
 /* dns.c, signal.c */
 void sr__dns_open(lua_State *L, sr_loop *lp);
+/* tty.c */
+void sr__tty_open(lua_State *L, sr_loop *lp);
+int sr__tty_init(sr_socket *s, int *inited);
 void sr__signal_open(lua_State *L, sr_loop *lp);
 
 #endif

@@ -138,6 +138,7 @@ static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
   switch (h->type) {
     case UV_TCP:
     case UV_NAMED_PIPE:
+    case UV_TTY:
     case UV_POLL: {
       sr_socket *s = h->data;
       s->closed = 1;
@@ -159,6 +160,7 @@ static int sr_loop_gc(lua_State *L) {
   if (lp == NULL) return 0;
   *ud = NULL;
   lp->L = NULL; /* from here on no callback may touch Lua */
+  uv_tty_reset_mode(); /* a REPL may have left the terminal raw */
   uv_walk(&lp->uv, sr_teardown_walk_cb, NULL);
   /* The first run may only clear a stop flag left by sr.stop(); a few more
   ** let close callbacks and thread-pool lookups finish. */
@@ -225,6 +227,7 @@ int luaopen_sockrun_core(lua_State *L) {
   sr__socket_open(L, lp);
   sr__dns_open(L, lp);
   sr__signal_open(L, lp);
+  sr__tty_open(L, lp);
   lua_pushliteral(L, SR_VERSION);
   lua_setfield(L, -2, "version");
   return 1;

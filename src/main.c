@@ -26,7 +26,7 @@ static void sr_usage(void) {
           "usage: %s [options] [script [args]]\n"
           "Available options are:\n"
           "  -e stat   execute string 'stat'\n"
-          "  -i        enter interactive mode after executing 'script'\n"
+          "  -i        enter the REPL after executing 'script'\n"
           "  -l mod    require library 'mod' into global 'mod'\n"
           "  -l g=mod  require library 'mod' into global 'g'\n"
           "  -v        show version information\n"
@@ -64,6 +64,7 @@ typedef struct {
   char **argv;
   int script; /* index of the script in argv, or 0 */
   int stdin_script;
+  int interactive; /* end in the REPL */
 } sr_args;
 
 /* Set the global for "-l mod" or "-l g=mod"; the module is at the top. */
@@ -109,15 +110,27 @@ static int sr_main_body_k(lua_State *L, int status, lua_KContext ctx) {
       sr_main_setlib(L, val);
     }
   }
-  if (i > last || (a->script == 0 && !a->stdin_script)) return 0;
-  if (luaL_loadfile(L, a->stdin_script ? NULL : a->argv[a->script]) != LUA_OK)
-    return lua_error(L);
-  n = 0;
-  /* the script's arguments, also its `...` */
-  if (a->script)
-    for (i = a->script + 1; i < a->argc; i++, n++)
-      lua_pushstring(L, a->argv[i]);
-  lua_callk(L, n, 0, last + 1, sr_main_body_k);
+  if (i == last) { /* the script, if any */
+    i = last + 1;
+    if (a->script != 0 || a->stdin_script) {
+      if (luaL_loadfile(L, a->stdin_script ? NULL : a->argv[a->script]) !=
+          LUA_OK)
+        return lua_error(L);
+      n = 0; /* the script's arguments, also its `...` */
+      if (a->script)
+        for (i = a->script + 1; i < a->argc; i++, n++)
+          lua_pushstring(L, a->argv[i]);
+      lua_callk(L, n, 0, last + 1, sr_main_body_k);
+      i = last + 1;
+    }
+  }
+  if (i == last + 1 && a->interactive) { /* then the REPL, in this task */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "sockrun.repl");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "run");
+    lua_callk(L, 0, 0, last + 2, sr_main_body_k);
+  }
   return 0;
 }
 
@@ -195,7 +208,7 @@ static int sr_pmain(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
-  sr_args a = {argc, argv, 0, 0};
+  sr_args a = {argc, argv, 0, 0, 0};
   int interactive = 0, version = 0, r, status;
   lua_State *L;
   if (argv[0] && argv[0][0]) sr_progname = argv[0];
@@ -214,20 +227,12 @@ int main(int argc, char **argv) {
       if (only_v) return 0;
     }
   }
-  if (a.script == 0 && !a.stdin_script) {
+  a.interactive = interactive;
+  if (a.script == 0 && !a.stdin_script) { /* as lua5.4: no script, no -e */
     int has_e = 0, i;
     for (i = 1; i < argc; i++)
       if (strcmp(argv[i], "-e") == 0) has_e = 1;
-    if (!has_e || interactive) {
-      if (isatty(STDIN_FILENO) || interactive) {
-        fprintf(stderr,
-                "%s: the interactive REPL is not built yet; "
-                "run a script: %s script.lua\n",
-                sr_progname, sr_progname);
-        return 1;
-      }
-      a.stdin_script = 1; /* as lua5.4 does when stdin is not a terminal */
-    }
+    if (!has_e) a.interactive = 1;
   }
   /* A peer that goes away must not kill the process. */
   signal(SIGPIPE, SIG_IGN);

@@ -128,7 +128,7 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
                                  int family, int make_fd, int *errp) {
   sr_socket **ud = lua_newuserdatauv(L, sizeof *ud, 0);
   sr_socket *s;
-  int err = 0;
+  int err = 0, inited = 0; /* inited: handle registered, even if err */
   *ud = NULL;
   luaL_setmetatable(L, SR_SOCKET_MT);
   s = calloc(1, sizeof *s);
@@ -151,22 +151,25 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
       err = uv_pipe_init(&lp->uv, &s->h.pipe, 0);
       if (err == 0 && make_fd) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0 || (err = uv_pipe_open(&s->h.pipe, fd)) < 0) {
-          if (fd < 0)
-            err = -errno;
-          else
-            close(fd);
-          /* the pipe handle is initialised: close it the libuv way */
-          s->h.handle.data = s;
-          lp->nsockets++;
-          s->closed = 1;
-          sr_socket_uv_close(s);
-          *errp = err;
-          return NULL;
-        }
+        inited = 1;
+        if (fd < 0)
+          err = -errno;
+        else if ((err = uv_pipe_open(&s->h.pipe, fd)) < 0)
+          close(fd);
       }
       break;
     case SR_DGRAM: err = sr__dgram_init(s, family); break;
+    case SR_TTY: err = sr__tty_init(s, &inited); break;
+  }
+  if (err < 0 && inited) {
+    /* the handle is in the loop already: close it the libuv way, so its
+    ** memory goes in the close callback */
+    s->h.handle.data = s;
+    lp->nsockets++;
+    s->closed = 1;
+    sr_socket_uv_close(s);
+    *errp = err;
+    return NULL;
   }
   if (err < 0) {
     free(s);
@@ -625,7 +628,9 @@ static int sr_socket_tostring(lua_State *L) {
     lua_pushliteral(L, "sockrun.socket(closed)");
     return 1;
   }
-  if (s->family == AF_UNIX)
+  if (s->kind == SR_TTY)
+    kind = "stdin";
+  else if (s->family == AF_UNIX)
     kind = s->kind == SR_DGRAM ? "unix-dgram" : "unix";
   else if (s->kind == SR_DGRAM)
     kind = s->family == AF_INET6 ? "udp6" : "udp";
