@@ -107,4 +107,69 @@ format:
 	clang-format -i src/*.c src/*.h
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
+
+# == Fuzzing (clang's libFuzzer) ==============================================
+# `make fuzz` runs each target for FUZZ_SECONDS on its corpus in
+# spec/fuzz/corpus/<target>; new inputs found are kept there. A crash
+# leaves its input as build-fuzz/crash-*: make it a regression test.
+FUZZ_SECONDS ?= 30
+FUZZ_CC ?= clang
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer-no-link,address,undefined
+FUZZ_TARGETS = framing address
+FUZZ_OBJ = $(CORE_SRC:src/%.c=build-fuzz/obj/%.o)
+
+build-fuzz/obj/%.o: src/%.c src/internal.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 $(WARN) $(DEPS_CFLAGS) $(FUZZ_FLAGS) -c $< -o $@
+
+build-fuzz/%: spec/fuzz/%.c $(FUZZ_OBJ)
+	$(FUZZ_CC) -std=gnu11 $(WARN) $(DEPS_CFLAGS) -g -O1 \
+	  -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_OBJ) \
+	  $(LUA_LIBS) $(LIBUV_LIBS) -lm
+
+.PHONY: fuzz
+fuzz: $(FUZZ_TARGETS:%=build-fuzz/%)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p spec/fuzz/corpus/$$t; \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  (cd build-fuzz && ./$$t -max_total_time=$(FUZZ_SECONDS) \
+	     -print_final_stats=1 ../spec/fuzz/corpus/$$t 2>&1 | tail -4) || exit 1; \
+	  test -z "$$(ls build-fuzz/crash-* 2>/dev/null)" || exit 1; \
+	done
+.SECONDARY:
+
+# == Benchmarks (bench/README.md) ==============================================
+# `make bench` installs the bench's peers (bench/deps.sh), builds the C
+# baseline and load programs, and runs bench/run.lua: a full run takes about
+# 10 minutes and writes bench/results.md. Not part of `make test`.
+# Quick smoke run: BENCH_RUNS=1 BENCH_DURATION=2 make bench
+BENCH_BIN = $(BUILD)/bench
+BENCH_PROGS = $(BENCH_BIN)/cserver $(BENCH_BIN)/echoload \
+              $(BENCH_BIN)/idleconn $(BENCH_BIN)/probe
+
+$(BENCH_BIN)/%: bench/c/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror $(DEPS_CFLAGS) -o $@ $< $(LIBUV_LIBS)
+
+bench: all
+	@sh bench/deps.sh
+	$(MAKE) --no-print-directory $(BENCH_PROGS)
+	SOCKRUN="$(BUILD)/sockrun" BENCH_BIN="$(BENCH_BIN)" \
+	BENCH_LOGS="$(BUILD)/bench/logs" $(LUA) bench/run.lua
+
+# == Soak (not in CI): misbehaving clients against the examples ===============
+SOAK_MINUTES ?= 10
+.PHONY: soak valgrind
+soak: all
+	$(BUILD)/sockrun tools/soak.lua $(SOAK_MINUTES)
+
+# == valgrind memcheck of a chosen subset of the specs (CI runs it) ===========
+VALGRIND_SPECS ?= spec/stream_spec.lua spec/unix_spec.lua spec/udp_spec.lua
+valgrind: all
+	LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/spec/?.lua;;" \
+	LUA_CPATH="$(CURDIR)/$(BUILD)/lua/?.so;;" \
+	SOCKRUN="$(CURDIR)/$(BUILD)/sockrun" \
+	valgrind -q --error-exitcode=99 --leak-check=full \
+	  --errors-for-leak-kinds=definite --trace-children=no \
+	  $(LUA) $$(command -v $(BUSTED)) --output=spec/summary.lua $(VALGRIND_SPECS)

@@ -35,7 +35,6 @@ if not server then
   io.stderr:write(("unix echo: cannot listen on %s: %s\n"):format(path, err))
   os.exit(1)
 end
-print(("unix echo listening on %s -- try: nc -U %s"):format(path, path))
 
 -- Closing the listening socket removes the file it made. Do it on the usual
 -- stop signals, then leave the loop (open connections are dropped).
@@ -46,3 +45,6 @@ local function stop(signame)
 end
 sr.signal("SIGINT", function() stop("SIGINT") end)
 sr.signal("SIGTERM", function() stop("SIGTERM") end)
+
+-- Announced last, once the stop signals are handled.
+print(("unix echo listening on %s -- try: nc -U %s"):format(path, path))

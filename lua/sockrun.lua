@@ -234,17 +234,68 @@ local function serve(handler, conn, host, port)
   handler(c, host, port)
 end
 
+-- Every server sr.listen made (listening socket -> its handler tasks), so a
+-- shutdown can stop them accepting and wait for their connections. Weak:
+-- ended tasks and forgotten servers go.
+local servers = setmetatable({}, { __mode = "k" })
+
 local function accept_loop(server, handler)
+  local tasks = setmetatable({}, { __mode = "k" })
+  servers[server] = tasks
   while true do
     local conn, host, port = server:accept()
     if conn then
-      spawn(serve, handler, conn, host, port)
+      tasks[spawn(serve, handler, conn, host, port)] = true
     elseif port == "EBADF" then
       return -- the listening socket was closed: stop serving
     else
       sleep(0.05) -- EMFILE and the like: back off, then keep serving
     end
   end
+end
+
+--- Seconds sr.shutdown (and, in the binary, SIGINT, SIGTERM and sr.stop)
+-- gives running connection handlers to finish.
+M.grace = 5
+
+local shutting_down = false
+
+--- sr.shutdown([grace]): stop accepting on every server made by sr.listen,
+-- let their connection handlers finish for up to grace seconds (default
+-- sr.grace), cancel those still running, then sr.stop(). Returns true at
+-- once; a second call while one is under way stops at once.
+function M.shutdown(grace)
+  grace = grace == nil and M.grace or grace
+  if type(grace) ~= "number" or grace < 0 then
+    argerror(1, "shutdown", "grace must be a number >= 0")
+  end
+  if shutting_down then return core.stop() end
+  shutting_down = true
+  local running = {}
+  for server, tasks in pairs(servers) do
+    server:close()
+    for t in pairs(tasks) do
+      if t:status() == "waiting" then running[#running + 1] = t end
+    end
+  end
+  spawn(function()
+    local deadline = core.now() + grace
+    for _, t in ipairs(running) do
+      local left = deadline - core.now()
+      if left > 0 then t:join(left) end
+      if t:status() == "waiting" then t:cancel() end
+    end
+    shutting_down = false
+    core.stop()
+  end)
+  return true
+end
+
+--- sr.stop(): make sr.run return. In the sockrun binary it begins a clean
+-- exit instead: sr.shutdown(grace).
+function M.stop(grace)
+  if M._binary then return M.shutdown(grace) end
+  return core.stop()
 end
 
 --- sr.listen(host, port, handler [, opts]) / sr.listen(path, handler [,
@@ -310,6 +361,16 @@ function M.udp(host, port)
     return nil, err, code
   end
   return s
+end
+
+-- Called by the sockrun binary before it runs the script: sr.stop() means
+-- a clean exit, and SIGINT/SIGTERM begin one (a second signal during the
+-- grace period stops at once). A script's own sr.signal replaces these.
+function M._runner_setup()
+  M._binary = true
+  local function on_signal() M.shutdown() end
+  M.signal("SIGINT", on_signal)
+  M.signal("SIGTERM", on_signal)
 end
 
 M._core = core

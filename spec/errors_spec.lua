@@ -4,91 +4,37 @@
 local H = require "helper"
 local sr = H.sr
 
--- Cleanups that run after each test, pass or fail (busted's finally
--- keeps only one function per test).
-local cleanups = {}
-local function defer(fn) cleanups[#cleanups + 1] = fn end
-after_each(function()
-  for i = #cleanups, 1, -1 do pcall(cleanups[i]) end
-  cleanups = {}
-end)
+after_each(H.run_deferred)
 after_each(H.assert_clean)
-
--- A TCP port on 127.0.0.1 that nothing listens on (bound, read back, freed).
-local function free_port()
-  local s = assert(sr.socket("inet", "stream"))
-  assert(s:bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
-
--- Assert that `...` is exactly nil, message, code.
-local function assert_fail(msg, code, ...)
-  assert.equal(3, select("#", ...), "expected exactly nil, message, code")
-  local ok, m, c = ...
-  assert.is_nil(ok)
-  if msg then assert.equal(msg, m) else assert.equal("string", type(m)) end
-  if code then assert.equal(code, c) else assert.equal("string", type(c)) end
-end
-
--- Assert that fn raises an error containing each of the plain strings.
-local function assert_raises(fn, ...)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  assert.equal("string", type(err))
-  for i = 1, select("#", ...) do
-    local want = select(i, ...)
-    assert.is_truthy(err:find(want, 1, true),
-      string.format("expected %q in the error %q", want, err))
-  end
-  return err
-end
-
--- A listening server whose handler is `handler`; returns server, port.
--- A client connected to port, closed when the test ends.
-local function connect(port)
-  local c = assert(sr.connect("127.0.0.1", port))
-  defer(function() c:close() end)
-  return c
-end
-
--- The server is closed when the test ends, pass or fail.
-local function server(handler)
-  local srv = assert(sr.listen("127.0.0.1", 0, handler))
-  defer(function() srv:close() end)
-  local _, port = srv:getsockname()
-  return srv, port
-end
 
 describe("an operational failure", function()
   it("gives nil, \"connection refused\", ECONNREFUSED from sr.connect", function()
-    assert_fail("connection refused", "ECONNREFUSED",
-      sr.connect("127.0.0.1", free_port()))
+    H.assert_fail_msg("connection refused", "ECONNREFUSED",
+      sr.connect("127.0.0.1", H.free_port()))
   end)
 
   it("gives nil, \"connection refused\", ECONNREFUSED from s:connect", function()
     local s = assert(sr.socket("inet", "stream"))
-    assert_fail("connection refused", "ECONNREFUSED",
-      s:connect("127.0.0.1", free_port()))
+    H.assert_fail_msg("connection refused", "ECONNREFUSED",
+      s:connect("127.0.0.1", H.free_port()))
     s:close()
   end)
 
   it("gives ECONNREFUSED inside a task too", function()
-    local port = free_port()
+    local port = H.free_port()
     local t = sr.spawn(function() return sr.connect("127.0.0.1", port) end)
-    assert_fail("connection refused", "ECONNREFUSED", t:join())
+    H.assert_fail_msg("connection refused", "ECONNREFUSED", t:join())
   end)
 
   it("gives EADDRINUSE from sr.listen on a port that is taken", function()
-    local srv, port = server(function() end)
-    assert_fail("address already in use", "EADDRINUSE",
+    local srv, port = H.server(function() end)
+    H.assert_fail_msg("address already in use", "EADDRINUSE",
       sr.listen("127.0.0.1", port, function() end))
     srv:close()
   end)
 
   it("gives EADDRINUSE from s:bind or s:listen on a port that is taken", function()
-    local srv, port = server(function() end)
+    local srv, port = H.server(function() end)
     local s = assert(sr.socket("inet", "stream"))
     local ok, msg, code = s:bind("127.0.0.1", port)
     if ok then ok, msg, code = s:listen() end
@@ -102,18 +48,18 @@ describe("an operational failure", function()
   it("gives EADDRINUSE from sr.udp on a port that is taken", function()
     local u = assert(sr.udp("127.0.0.1", 0))
     local _, port = u:getsockname()
-    assert_fail("address already in use", "EADDRINUSE", sr.udp("127.0.0.1", port))
+    H.assert_fail_msg("address already in use", "EADDRINUSE", sr.udp("127.0.0.1", port))
     u:close()
   end)
 
   it("gives nil, \"timeout\", ETIMEDOUT when a read times out", function()
-    local srv, port = server(function(c)
+    local srv, port = H.server(function(c)
       local line = c:read("l")
       if line then c:write("got " .. line .. "\n") end
     end)
-    local c = connect(port)
+    local c = H.connect(port)
     c:settimeout(0.05)
-    assert_fail("timeout", "ETIMEDOUT", c:read("l"))
+    H.assert_timeout(c:read("l"))
     -- the socket is still usable after a timeout
     c:write("x\n")
     assert.equal("got x", c:read("l"))
@@ -126,25 +72,24 @@ describe("an operational failure", function()
     assert(srv:bind("127.0.0.1", 0))
     assert(srv:listen())
     srv:settimeout(0.02)
-    assert_fail("timeout", "ETIMEDOUT", srv:accept())
+    H.assert_timeout(srv:accept())
     srv:close()
   end)
 
   it("gives nil, \"end of file\", EOF after the peer closes", function()
-    local srv, port = server(function(c) c:write("partial") end)
-    local c = connect(port)
+    local srv, port = H.server(function(c) c:write("partial") end)
+    local c = H.connect(port)
     assert.equal("partial", c:read("l"))
-    assert_fail("end of file", "EOF", c:read("l"))
-    assert_fail("end of file", "EOF", c:read(4))
-    assert_fail("end of file", "EOF", c:read())
+    H.assert_eof(c:read("l"))
+    H.assert_eof(c:read(4))
+    H.assert_eof(c:read())
     assert.equal("", c:read("a"))
     c:close()
     srv:close()
   end)
 
   it("gives nil, \"socket is closed\", EBADF for every call on a closed socket", function()
-    local s = assert(sr.socket("inet", "stream"))
-    s:close()
+    local s = H.closed_socket()
     local calls = {
       { "bind", "127.0.0.1", 0 }, { "listen" }, { "accept" },
       { "connect", "127.0.0.1", 80 }, { "read" }, { "read", "l" }, { "read", 5 },
@@ -163,17 +108,16 @@ describe("an operational failure", function()
   end)
 
   it("gives EBADF from write on a closed socket", function()
-    local s = assert(sr.socket("inet", "stream"))
-    s:close()
-    assert_fail("socket is closed", "EBADF", s:write("data"))
-    assert_fail("socket is closed", "EBADF", s:write("a", "b"))
+    local s = H.closed_socket()
+    H.assert_closed(s:write("data"))
+    H.assert_closed(s:write("a", "b"))
   end)
 
   it("gives EBADF from datagram calls on a closed socket", function()
     local u = assert(sr.udp())
     u:close()
-    assert_fail("socket is closed", "EBADF", u:sendto("x", "127.0.0.1", 9))
-    assert_fail("socket is closed", "EBADF", u:recvfrom())
+    H.assert_closed(u:sendto("x", "127.0.0.1", 9))
+    H.assert_closed(u:recvfrom())
   end)
 
   it("lets close be called again, returning true", function()
@@ -183,23 +127,22 @@ describe("an operational failure", function()
   end)
 
   it("wakes a task reading a socket that another task closes with EBADF", function()
-    local srv, port = server(function(c) c:read("a") end)
-    local c = connect(port)
+    local srv, port = H.server(function(c) c:read("a") end)
+    local c = H.connect(port)
     local reader = sr.spawn(function() return c:read("l") end)
     assert.equal("waiting", reader:status())
     c:close()
-    assert_fail("socket is closed", "EBADF", reader:join())
+    H.assert_closed(reader:join())
     srv:close()
   end)
 
   it("gives nil, message, code from write once the peer reset the connection", function()
-    local srv, port = server(function(c)
+    local srv, port = H.server(function(c)
       c:read("l") -- the client is connected: now reset
       c:setsockopt("linger", 0)
       c:close() -- sends RST
     end)
-    local c = connect(port)
-    defer(function() c:close() end)
+    local c = H.connect(port)
     c:settimeout(2)
     c:write("go\n")
     c:read() -- wait for the reset (EOF or ECONNRESET)
@@ -224,68 +167,68 @@ describe("misuse", function()
   after_each(function() s:close() end)
 
   it("raises on an unknown domain", function()
-    assert_raises(function() return sr.socket("appletalk", "stream") end,
+    H.raises(function() return sr.socket("appletalk", "stream") end,
       "bad argument #1 to 'socket'", "unknown domain")
-    assert_raises(function() return sr.socket(12345, "stream") end,
+    H.raises(function() return sr.socket(12345, "stream") end,
       "bad argument #1 to 'socket'", "unknown domain")
-    assert_raises(function() return sr.socket(nil, "stream") end,
+    H.raises(function() return sr.socket(nil, "stream") end,
       "bad argument #1 to 'socket'")
   end)
 
   it("raises on an unknown type", function()
-    assert_raises(function() return sr.socket("inet", "raw") end,
+    H.raises(function() return sr.socket("inet", "raw") end,
       "bad argument #2 to 'socket'", "unknown type")
-    assert_raises(function() return sr.socket("inet", 12345) end,
+    H.raises(function() return sr.socket("inet", 12345) end,
       "bad argument #2 to 'socket'", "unknown type")
   end)
 
   it("raises on an unknown option name", function()
-    assert_raises(function() return s:setsockopt("bogus", true) end,
+    H.raises(function() return s:setsockopt("bogus", true) end,
       "bad argument #1 to 'setsockopt'", "unknown option")
-    assert_raises(function() return s:getsockopt("bogus") end,
+    H.raises(function() return s:getsockopt("bogus") end,
       "bad argument #1 to 'getsockopt'", "unknown option")
   end)
 
   it("raises on a port out of range", function()
-    assert_raises(function() return s:bind("127.0.0.1", 65536) end,
+    H.raises(function() return s:bind("127.0.0.1", 65536) end,
       "bad argument #2 to 'bind'", "port out of range")
-    assert_raises(function() return s:connect("127.0.0.1", -1) end,
+    H.raises(function() return s:connect("127.0.0.1", -1) end,
       "bad argument #2 to 'connect'", "port out of range")
-    assert_raises(function() return sr.connect("127.0.0.1", 70000) end,
+    H.raises(function() return sr.connect("127.0.0.1", 70000) end,
       "bad argument #2 to 'connect'", "port out of range")
-    assert_raises(function() return sr.listen("127.0.0.1", 70000, function() end) end,
+    H.raises(function() return sr.listen("127.0.0.1", 70000, function() end) end,
       "bad argument #2 to 'listen'", "port out of range")
-    assert_raises(function() return sr.udp("127.0.0.1", -5) end,
+    H.raises(function() return sr.udp("127.0.0.1", -5) end,
       "bad argument #2 to 'udp'", "port out of range")
     local u = assert(sr.udp())
-    local err = assert_raises(function() return u:sendto("x", "127.0.0.1", 65536) end,
+    local err = H.raises(function() return u:sendto("x", "127.0.0.1", 65536) end,
       "bad argument #3 to 'sendto'", "port out of range")
     u:close()
     assert.is_string(err)
   end)
 
   it("raises on a port of the wrong type", function()
-    assert_raises(function() return s:bind("127.0.0.1", "eighty") end,
+    H.raises(function() return s:bind("127.0.0.1", "eighty") end,
       "bad argument #2 to 'bind'")
-    assert_raises(function() return s:bind("127.0.0.1", 80.5) end,
+    H.raises(function() return s:bind("127.0.0.1", 80.5) end,
       "bad argument #2 to 'bind'")
-    assert_raises(function() return s:connect("127.0.0.1", {}) end,
+    H.raises(function() return s:connect("127.0.0.1", {}) end,
       "bad argument #2 to 'connect'")
-    assert_raises(function() return sr.udp("127.0.0.1", true) end,
+    H.raises(function() return sr.udp("127.0.0.1", true) end,
       "bad argument #2 to 'udp'")
   end)
 
   it("raises on a malformed address", function()
-    assert_raises(function() return s:bind("not an address!", 0) end,
+    H.raises(function() return s:bind("not an address!", 0) end,
       "bad argument #1 to 'bind'", "malformed address")
-    assert_raises(function() return sr.connect("bad host!", 80) end,
+    H.raises(function() return sr.connect("bad host!", 80) end,
       "bad argument #1 to 'connect'", "malformed address")
   end)
 
   it("raises on a malformed numeric address, naming the caller's argument", function()
-    assert_raises(function() return s:connect("999.1.1.1", 80) end,
+    H.raises(function() return s:connect("999.1.1.1", 80) end,
       "bad argument #1 to 'connect'", "malformed")
-    assert_raises(function() return s:bind("256.0.0.1", 0) end,
+    H.raises(function() return s:bind("256.0.0.1", 0) end,
       "bad argument #1 to 'bind'", "malformed")
     local s6 = assert(sr.socket("inet6", "stream"))
     local ok, err = pcall(function() return s6:connect("::g", 80) end)
@@ -296,17 +239,17 @@ describe("misuse", function()
   end)
 
   it("raises on a malformed numeric address given to sr.listen, sr.udp, sr.connect", function()
-    defer(function() collectgarbage(); collectgarbage() end)
-    assert_raises(function() return sr.listen("300.1.1.1", 0, function() end) end,
+    H.defer(function() collectgarbage(); collectgarbage() end)
+    H.raises(function() return sr.listen("300.1.1.1", 0, function() end) end,
       "bad argument #1 to 'listen'", "malformed")
-    assert_raises(function() return sr.udp("300.1.1.1", 0) end,
+    H.raises(function() return sr.udp("300.1.1.1", 0) end,
       "bad argument #1 to 'udp'", "malformed")
-    assert_raises(function() return sr.connect("300.1.1.1", 80) end,
+    H.raises(function() return sr.connect("300.1.1.1", 80) end,
       "bad argument #1 to 'connect'", "malformed")
   end)
 
   it("leaves no socket behind when sr.listen, sr.udp or sr.connect raise", function()
-    defer(function() collectgarbage(); collectgarbage() end)
+    H.defer(function() collectgarbage(); collectgarbage() end)
     assert.is_false(pcall(sr.listen, "300.1.1.1", 0, function() end))
     assert.is_false(pcall(sr.udp, "300.1.1.1", 0))
     assert.is_false(pcall(sr.connect, "300.1.1.1", 80))
@@ -316,12 +259,12 @@ describe("misuse", function()
 
   it("reports the caller's position, as luaL_argerror does", function()
     -- not tail calls: a Lua tail call leaves no caller frame to point at
-    local err = assert_raises(function()
+    local err = H.raises(function()
       local c = sr.connect("127.0.0.1", 70000)
       return c
     end, "port out of range")
     assert.matches("errors_spec%.lua:%d+:", err)
-    err = assert_raises(function()
+    err = H.raises(function()
       local ok = s:bind("127.0.0.1", -1)
       return ok
     end, "port out of range")
@@ -329,26 +272,25 @@ describe("misuse", function()
   end)
 
   it("raises on an invalid read format", function()
-    assert_raises(function() return s:read("x") end,
+    H.raises(function() return s:read("x") end,
       "bad argument #1 to 'read'", "invalid format")
-    assert_raises(function() return s:read("n") end,
+    H.raises(function() return s:read("n") end,
       "bad argument #1 to 'read'", "invalid format")
-    assert_raises(function() return s:read({}) end, "bad argument #1 to 'read'")
-    assert_raises(function() return s:read(-1) end, "bad argument #1 to 'read'")
+    H.raises(function() return s:read({}) end, "bad argument #1 to 'read'")
+    H.raises(function() return s:read(-1) end, "bad argument #1 to 'read'")
   end)
 
   it("raises on a negative timeout", function()
-    assert_raises(function() return s:settimeout(-1) end,
+    H.raises(function() return s:settimeout(-1) end,
       "bad argument #1 to 'settimeout'")
-    assert_raises(function() return s:settimeouts(1, -1, 1) end,
+    H.raises(function() return s:settimeouts(1, -1, 1) end,
       "bad argument #2 to 'settimeouts'")
-    assert_raises(function() return sr.sleep(-0.5) end, "bad argument #1 to 'sleep'")
+    H.raises(function() return sr.sleep(-0.5) end, "bad argument #1 to 'sleep'")
   end)
 
   it("raises on a negative timeout in sr.connect's options", function()
-    defer(function() collectgarbage(); collectgarbage() end)
+    H.defer(function() collectgarbage(); collectgarbage() end)
     local srv, port = H.echo_server()
-    defer(function() srv:close() end)
     local ok, err = pcall(function()
       return sr.connect("127.0.0.1", port, { timeout = -1 })
     end)
@@ -360,12 +302,12 @@ describe("misuse", function()
   end)
 
   it("raises on an options argument that is not a table", function()
-    assert_raises(function() return sr.connect("127.0.0.1", 80, "fast") end,
+    H.raises(function() return sr.connect("127.0.0.1", 80, "fast") end,
       "bad argument #3 to 'connect'")
   end)
 
   it("raises on a handler that is not a function", function()
-    assert_raises(function() return sr.listen("127.0.0.1", 0, "handler") end,
+    H.raises(function() return sr.listen("127.0.0.1", 0, "handler") end,
       "bad argument #3 to 'listen'")
   end)
 
@@ -382,7 +324,7 @@ describe("a script run by the binary", function()
   local function run_risky(body)
     local src = 'local sr = require "sockrun"\n' ..
       'sr.spawn(function()\n' .. body .. '\nprint("finished")\nend)\n'
-    local out, err, code = H.run_script(src, nil, 20)
+    local out, err, code = H.run_script(src, nil, { timeout = 20 })
     assert.is_true(code == 0 or code == 1,
       "exit status " .. tostring(code) .. "; stderr: " .. err)
     assert.is_true(code < 128)

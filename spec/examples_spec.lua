@@ -18,17 +18,7 @@ local function quote_all(...)
   return table.concat(t, " ")
 end
 
-local function slurp(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 -- Background processes ---------------------------------------------------
-
-local procs = {}
 
 --- Stop a started example by its PID (SIGTERM, or `sig`), wait for it, and
 -- collect its output: proc.stdout, proc.stderr, proc.code (exit status).
@@ -41,14 +31,15 @@ local function stop(proc, sig)
   local _, _, code = proc.pipe:close()
   proc.code = code
   proc.stdout = table.concat(proc.lines, "\n") .. "\n" .. rest
-  proc.stderr = slurp(proc.errpath)
+  proc.stderr = H.slurp(proc.errpath)
   os.remove(proc.errpath)
   return proc
 end
 
 --- Start `sockrun examples/NAME.lua ARGS...` in the background and read its
 -- stdout up to the "listening on" line. Returns a proc: pid, banner, port
--- (when the banner shows HOST:PORT), lines (stdout so far).
+-- (when the banner shows HOST:PORT), lines (stdout so far). The process is
+-- stopped when the test ends, even when one of its assertions failed.
 -- io.popen runs `sh -c`; `echo $$` prints that shell's PID and `exec` keeps
 -- it for the command, so the PID is the process we later kill and reap.
 -- `timeout -k 5 30` bounds a process that hangs; it passes our SIGTERM on.
@@ -59,7 +50,7 @@ local function start(name, ...)
   local pipe = assert(io.popen(cmd, "r"))
   local pid = math.tointeger(tonumber(pipe:read("l")))
   local proc = { pid = pid, pipe = pipe, errpath = errpath, lines = {} }
-  procs[#procs + 1] = proc
+  H.defer(function() stop(proc) end)
   assert(pid, "no PID from the shell")
   for _ = 1, 50 do
     local line = pipe:read("l")
@@ -79,11 +70,18 @@ local function start(name, ...)
   return proc
 end
 
--- Kill whatever a test started, even when one of its assertions failed.
-after_each(function()
-  for _, proc in ipairs(procs) do stop(proc) end
-  procs = {}
-end)
+--- Start examples/NAME.lua on 127.0.0.1 and a free port.
+local function serve(name)
+  return start(name, "127.0.0.1", 0)
+end
+
+--- Start NAME as serve does, and tcp_proxy in front of it; returns both.
+local function proxied(name)
+  local target = serve(name)
+  return target, start("tcp_proxy", 0, "127.0.0.1", target.port)
+end
+
+after_each(H.run_deferred)
 after_each(H.assert_clean)
 
 -- Clients --------------------------------------------------------------------
@@ -94,71 +92,105 @@ local function run(cmd, with_stderr)
   return H.sh("timeout 10 " .. cmd .. (with_stderr and " 2>&1" or " 2>/dev/null"))
 end
 
---- Run a python3 program with arguments; returns its stdout+stderr, status.
+--- Feed `text` to the standard input of a shell command run as `run` does.
+local function pipe_to(text, cmd)
+  return run("printf %s " .. H.q(text) .. " | " .. cmd)
+end
+
+--- Talk to 127.0.0.1:port with `nc -N` (which half-closes after `text`).
+local function nc(text, port)
+  return pipe_to(text, "nc -N 127.0.0.1 " .. port)
+end
+
+--- Talk to the unix socket at `path` with socat.
+local function socat_unix(text, path)
+  return pipe_to(text, "socat - UNIX-CONNECT:" .. H.q(path))
+end
+
+-- What every python3 client below starts with: connect() to 127.0.0.1 and
+-- the port in argv[1] (or `port`), recv_all() up to the peer's EOF.
+local PY_PRELUDE = [[
+import socket, sys
+def connect(port=None):
+    return socket.create_connection(("127.0.0.1", int(port or sys.argv[1])), timeout=8)
+def recv_all(s):
+    got = b""
+    while True:
+        b = s.recv(65536)
+        if not b: return got
+        got += b
+]]
+
+--- Run a python3 client (after PY_PRELUDE) with arguments; returns its
+-- stdout+stderr, exit status.
 local function py(src, ...)
-  return run("python3 -c " .. H.q(src) .. " " .. quote_all(...), true)
+  return run("python3 -c " .. H.q(PY_PRELUDE .. src) .. " " .. quote_all(...), true)
 end
 
---- Run an example to completion (a client), bounded; stdout, stderr, status.
+--- Run an example to completion (a client) with the arguments in the list
+-- `args` and, when given, `stdin`; bounded. Returns stdout, stderr, status.
 local function run_example(name, args, stdin)
-  local errpath = os.tmpname()
-  local cmd = ("%stimeout 10 %s %s %s 2>%s"):format(
-    stdin and ("printf %s " .. H.q(stdin) .. " | ") or "",
-    H.q(H.sockrun), H.q(example(name)), args or "", H.q(errpath))
-  local out, code = H.sh(cmd)
-  local err = slurp(errpath)
-  os.remove(errpath)
-  return out, err, code
+  return H.run(H.q(example(name)) .. " " .. quote_all(table.unpack(args)),
+    { stdin = stdin })
 end
 
--- A port on which nobody listens: one the system just handed out and took back.
-local function closed_port()
-  local out = py([[
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()]])
-  return assert(math.tointeger(tonumber(out:match("%d+"))))
+--- Assert that a client (stdout, exit status) printed `want` and exited 0.
+local function assert_output(want, out, code)
+  assert.equal(want, out)
+  assert.equal(0, code)
 end
 
--- Python snippets used by several tests.
+--- Assert that a curl trace shows two answers on one kept-alive connection.
+local function assert_kept_alive(trace)
+  assert.matches("Re%-using existing connection", trace)
+  local _, n = trace:gsub("Hello, World!", "")
+  assert.equal(2, n)
+end
 
--- Send argv[3] bytes of a pattern, half-close, read to EOF; print the byte
+-- Python clients used by several tests.
+
+-- Send argv[2] bytes of a pattern, half-close, read to EOF; print the byte
 -- count and whether the reply matched.
 local PY_BULK = [[
-import socket, sys
-n = int(sys.argv[3])
+n = int(sys.argv[2])
 data = bytes((i * 7 + i // 251) % 256 for i in range(n))
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8)
+s = connect()
 s.sendall(data)
 s.shutdown(socket.SHUT_WR)
-got = bytearray()
-while True:
-    b = s.recv(65536)
-    if not b: break
-    got += b
+got = recv_all(s)
 s.close()
 print(len(got), got == data)
 ]]
 
--- Connect, send argv[3] as one chunk, half-close, print the reply up to EOF.
+-- Connect, send argv[2] as one chunk, half-close, print the reply up to EOF.
 local PY_SEND_EOF = [[
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8)
-s.sendall(sys.argv[3].encode())
+s = connect()
+s.sendall(sys.argv[2].encode())
 s.shutdown(socket.SHUT_WR)
-got = b""
-while True:
-    b = s.recv(65536)
-    if not b: break
-    got += b
+got = recv_all(s)
 s.close()
 sys.stdout.write(got.decode())
+]]
+
+-- Open argv[2] connections at once, send "argv[3] i\n" on each, and read
+-- the replies back in reverse order; print whether each one matched.
+local PY_MANY = [[
+n, label = int(sys.argv[2]), sys.argv[3].encode()
+socks = [connect() for _ in range(n)]
+for i, s in enumerate(socks): s.sendall(b"%s %d\n" % (label, i))
+for i, s in reversed(list(enumerate(socks))):
+    want = b"%s %d\n" % (label, i)
+    got = b""
+    while len(got) < len(want): got += s.recv(100)
+    print(got == want)
+for s in socks: s.close()
 ]]
 
 --------------------------------------------------------------------------------
 
 describe("examples/echo_server.lua", function()
   it("prints where it listens and how to try it", function()
-    local srv = start("echo_server", "127.0.0.1", 0)
+    local srv = serve("echo_server")
     assert.is_truthy(srv.port)
     assert.is_true(srv.port > 0)
     assert.matches("listening on 127%.0%.0%.1:" .. srv.port, srv.banner)
@@ -166,40 +198,23 @@ describe("examples/echo_server.lua", function()
   end)
 
   it("echoes the lines nc sends, then closes when nc half-closes", function()
-    local srv = start("echo_server", "127.0.0.1", 0)
-    local out, code = run(("printf 'hello\\nworld\\n' | nc -N 127.0.0.1 %d"):format(srv.port))
-    assert.equal("hello\nworld\n", out)
-    assert.equal(0, code)
+    local srv = serve("echo_server")
+    assert_output("hello\nworld\n", nc("hello\nworld\n", srv.port))
   end)
 
   it("echoes a megabyte byte for byte", function()
-    local srv = start("echo_server", "127.0.0.1", 0)
-    local out, code = py(PY_BULK, "127.0.0.1", srv.port, 1024 * 1024)
-    assert.equal("1048576 True\n", out)
-    assert.equal(0, code)
+    local srv = serve("echo_server")
+    assert_output("1048576 True\n", py(PY_BULK, srv.port, 1024 * 1024))
   end)
 
   it("serves several clients at once", function()
-    local srv = start("echo_server", "127.0.0.1", 0)
-    local out, code = py([[
-import socket, sys
-port = int(sys.argv[1])
-socks = [socket.create_connection(("127.0.0.1", port), timeout=8) for _ in range(5)]
-for i, s in enumerate(socks): s.sendall(b"client %d\n" % i)
-for i, s in reversed(list(enumerate(socks))):
-    want = b"client %d\n" % i
-    got = b""
-    while len(got) < len(want): got += s.recv(100)
-    print(got == want)
-for s in socks: s.close()
-]], srv.port)
-    assert.equal(("True\n"):rep(5), out)
-    assert.equal(0, code)
+    local srv = serve("echo_server")
+    assert_output(("True\n"):rep(5), py(PY_MANY, srv.port, 5, "client"))
   end)
 
   it("logs each connection and disconnection on stdout", function()
-    local srv = start("echo_server", "127.0.0.1", 0)
-    run(("printf 'x' | nc -N 127.0.0.1 %d"):format(srv.port))
+    local srv = serve("echo_server")
+    nc("x", srv.port)
     -- Once nc has its reply and EOF, the server has logged both lines.
     stop(srv)
     assert.matches("connection from 127%.0%.0%.1:%d+", srv.stdout)
@@ -207,68 +222,60 @@ for s in socks: s.close()
   end)
 
   it("exits with status 1 and says why when the port is taken", function()
-    local srv = start("echo_server", "127.0.0.1", 0)
-    local out, err, code = run_example("echo_server", "127.0.0.1 " .. srv.port)
-    assert.equal(1, code)
-    assert.equal("", out)
+    local srv = serve("echo_server")
+    local err = H.assert_exit(1, run_example("echo_server", { "127.0.0.1", srv.port }))
     assert.matches("cannot listen on 127%.0%.0%.1:" .. srv.port, err)
     assert.matches("address already in use", err)
   end)
 
   it("exits with status 2 and a usage line on a bad port", function()
-    local out, err, code = run_example("echo_server", "127.0.0.1 notaport")
-    assert.equal(2, code)
-    assert.equal("", out)
+    local err = H.assert_exit(2, run_example("echo_server", { "127.0.0.1", "notaport" }))
     assert.matches("usage: echo_server.lua", err, 1, true)
   end)
 end)
 
 describe("examples/echo_client.lua", function()
   it("sends each argument and prints each echoed reply", function()
-    local srv = start("echo_server", "127.0.0.1", 0)
+    local srv = serve("echo_server")
     local out, err, code = run_example("echo_client",
-      quote_all("127.0.0.1", srv.port, "hello", "two words", "last"))
+      { "127.0.0.1", srv.port, "hello", "two words", "last" })
     assert.equal("", err)
     assert.equal("hello\ntwo words\nlast\n", out)
     assert.equal(0, code)
   end)
 
   it("sends the lines of stdin when given no messages", function()
-    local srv = start("echo_server", "127.0.0.1", 0)
+    local srv = serve("echo_server")
     local out, err, code = run_example("echo_client",
-      quote_all("127.0.0.1", srv.port), "one\ntwo\nthree\n")
+      { "127.0.0.1", srv.port }, "one\ntwo\nthree\n")
     assert.equal("", err)
     assert.equal("one\ntwo\nthree\n", out)
     assert.equal(0, code)
   end)
 
   it("exits with status 1 and says why when nobody listens", function()
-    local port = closed_port()
-    local out, err, code = run_example("echo_client",
-      quote_all("127.0.0.1", port, "hello"))
-    assert.equal(1, code)
-    assert.equal("", out)
+    local port = H.free_port()
+    local err = H.assert_exit(1,
+      run_example("echo_client", { "127.0.0.1", port, "hello" }))
     assert.matches("cannot connect to 127%.0%.0%.1:" .. port .. ": connection refused", err)
   end)
 end)
 
 describe("examples/chat_server.lua", function()
   it("broadcasts each line to the other clients, with join, nick and leave notices", function()
-    local srv = start("chat_server", "127.0.0.1", 0)
+    local srv = serve("chat_server")
     local out, code = py([[
-import socket, sys
-port = int(sys.argv[1])
-def connect():
-    s = socket.create_connection(("127.0.0.1", port), timeout=8)
+def client():
+    s = connect()
     return s, s.makefile("rb")
 def name(s):
     return "127.0.0.1:%d" % s.getsockname()[1]
 def line(f):
     return f.readline().decode().rstrip("\n")
 
-a, fa = connect()
+a, fa = client()
 print("A1", line(fa) == "* welcome, you are %s (1 here)" % name(a))
-b, fb = connect()
+b, fb = client()
 print("B1", line(fb) == "* welcome, you are %s (2 here)" % name(b))
 print("A2", line(fa) == "* %s joined" % name(b))
 
@@ -293,10 +300,9 @@ fa.close(); a.close()
   end)
 
   it("does not echo a line back to its sender", function()
-    local srv = start("chat_server", "127.0.0.1", 0)
-    local out, code = py([[
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=8)
+    local srv = serve("chat_server")
+    assert_output("nothing\n", py([[
+s = connect()
 f = s.makefile("rb")
 f.readline()                     # the welcome
 s.sendall(b"alone here\n")
@@ -306,16 +312,13 @@ try:
 except socket.timeout:
     print("nothing")
 s.close()
-]], srv.port)
-    assert.equal("nothing\n", out)
-    assert.equal(0, code)
+]], srv.port))
   end)
 
   it("logs joins and leaves on stdout", function()
-    local srv = start("chat_server", "127.0.0.1", 0)
+    local srv = serve("chat_server")
     local out = py([[
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=8)
+s = connect()
 s.makefile("rb").readline()
 print(s.getsockname()[1])
 s.shutdown(socket.SHUT_WR)
@@ -331,7 +334,7 @@ end)
 
 describe("examples/http_hello.lua", function()
   it("answers two requests on one keep-alive connection (curl)", function()
-    local srv = start("http_hello", "127.0.0.1", 0)
+    local srv = serve("http_hello")
     local url = ("http://127.0.0.1:%d/"):format(srv.port)
     local body = run(("curl -s %s %s"):format(url, url))
     assert.equal("Hello, World!Hello, World!", body)
@@ -344,16 +347,11 @@ describe("examples/http_hello.lua", function()
   end)
 
   it("closes the connection after a request with Connection: close", function()
-    local srv = start("http_hello", "127.0.0.1", 0)
+    local srv = serve("http_hello")
     local out, code = py([[
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=8)
+s = connect()
 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-got = b""
-while True:
-    b = s.recv(4096)
-    if not b: break              # the server closed: EOF
-    got += b
+got = recv_all(s)                # ends when the server closes: EOF
 s.close()
 sys.stdout.write(got.decode())
 ]], srv.port)
@@ -363,27 +361,22 @@ sys.stdout.write(got.decode())
   end)
 
   it("closes after an HTTP/1.0 request without keep-alive (curl --http1.0)", function()
-    local srv = start("http_hello", "127.0.0.1", 0)
+    local srv = serve("http_hello")
     local trace = run(("curl -sv --http1.0 http://127.0.0.1:%d/"):format(srv.port), true)
     assert.matches("< Connection: close", trace)
     assert.matches("Hello, World!", trace)
   end)
 
   it("answers pipelined requests in order, reading past request bodies", function()
-    local srv = start("http_hello", "127.0.0.1", 0)
+    local srv = serve("http_hello")
     local out, code = py([[
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=8)
+s = connect()
 s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
           b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 27\r\n\r\n"
           b"GET /not-a-request HTTP/1.1"
           b"HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n"
           b"GET /d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-got = b""
-while True:
-    b = s.recv(4096)
-    if not b: break
-    got += b
+got = recv_all(s)
 s.close()
 print(got.count(b"HTTP/1.1 200 OK\r\n"), got.count(b"Hello, World!"),
       got.count(b"Connection: keep-alive"), got.count(b"Connection: close"))
@@ -394,21 +387,18 @@ print(got.count(b"HTTP/1.1 200 OK\r\n"), got.count(b"Hello, World!"),
   end)
 
   it("carries request bodies sent by curl on a kept-alive connection", function()
-    local srv = start("http_hello", "127.0.0.1", 0)
+    local srv = serve("http_hello")
     local url = ("http://127.0.0.1:%d/"):format(srv.port)
-    local trace = run(("curl -sv -d 'name=value' %s -d 'second=body' %s"):format(url, url), true)
-    assert.matches("Re%-using existing connection", trace)
-    local _, n = trace:gsub("Hello, World!", "")
-    assert.equal(2, n)
+    assert_kept_alive(run(("curl -sv -d 'name=value' %s -d 'second=body' %s")
+      :format(url, url), true))
   end)
 end)
 
 describe("examples/udp_echo.lua", function()
   it("sends each datagram back to its sender (python3)", function()
-    local srv = start("udp_echo", "127.0.0.1", 0)
+    local srv = serve("udp_echo")
     assert.matches("listening on 127%.0%.0%.1:%d+", srv.banner)
-    local out, code = py([[
-import socket, sys
+    assert_output("True\nTrue\nTrue\n", py([[
 addr = ("127.0.0.1", int(sys.argv[1]))
 a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.settimeout(8)
 b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.settimeout(8)
@@ -419,23 +409,17 @@ print(a.recvfrom(2048) == (b"first from a", addr))
 print(b.recvfrom(2048) == (b"from b", addr))
 print(a.recvfrom(2048) == (b"x" * 1400, addr))
 a.close(); b.close()
-]], srv.port)
-    assert.equal("True\nTrue\nTrue\n", out)
-    assert.equal(0, code)
+]], srv.port))
   end)
 
   it("echoes a datagram sent with socat", function()
-    local srv = start("udp_echo", "127.0.0.1", 0)
-    local out, code = run(("printf 'ping\\n' | socat -t 2 - UDP:127.0.0.1:%d"):format(srv.port))
-    assert.equal("ping\n", out)
-    assert.equal(0, code)
+    local srv = serve("udp_echo")
+    assert_output("ping\n", pipe_to("ping\n", "socat -t 2 - UDP:127.0.0.1:" .. srv.port))
   end)
 
   it("exits with status 1 and says why when the port is taken", function()
-    local srv = start("udp_echo", "127.0.0.1", 0)
-    local out, err, code = run_example("udp_echo", "127.0.0.1 " .. srv.port)
-    assert.equal(1, code)
-    assert.equal("", out)
+    local srv = serve("udp_echo")
+    local err = H.assert_exit(1, run_example("udp_echo", { "127.0.0.1", srv.port }))
     assert.matches("cannot bind 127%.0%.0%.1:" .. srv.port .. ": address already in use", err)
   end)
 end)
@@ -445,9 +429,7 @@ describe("examples/unix_echo.lua", function()
     local path = H.tmppath("unix-echo")
     local srv = start("unix_echo", path)
     assert.matches("listening on " .. path, srv.banner, 1, true)
-    local out, code = run(("printf 'over unix\\n' | socat - UNIX-CONNECT:%s"):format(H.q(path)))
-    assert.equal("over unix\n", out)
-    assert.equal(0, code)
+    assert_output("over unix\n", socat_unix("over unix\n", path))
   end)
 
   it("echoes a megabyte through nc -U", function()
@@ -482,24 +464,21 @@ describe("examples/unix_echo.lua", function()
     local path = H.tmppath("unix-echo")
     -- A bound socket closed without unlinking leaves the file behind.
     local _, pcode = py([[
-import socket, sys
 s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.close()]], path)
     assert.equal(0, pcode)
     assert.is_truthy(os.rename(path, path))
     start("unix_echo", path)
-    local out = run(("printf 'fresh\\n' | socat - UNIX-CONNECT:%s"):format(H.q(path)))
+    local out = socat_unix("fresh\n", path)
     assert.equal("fresh\n", out)
   end)
 
   it("refuses to start when another server listens on the path", function()
     local path = H.tmppath("unix-echo")
     start("unix_echo", path)
-    local out, err, code = run_example("unix_echo", H.q(path))
-    assert.equal(1, code)
-    assert.equal("", out)
+    local err = H.assert_exit(1, run_example("unix_echo", { path }))
     assert.matches("another server is already listening there", err, 1, true)
     -- and the first one still works
-    assert.equal("still\n", (run(("printf 'still\\n' | socat - UNIX-CONNECT:%s"):format(H.q(path)))))
+    assert.equal("still\n", (socat_unix("still\n", path)))
   end)
 
   it("leaves a regular file at the path alone", function()
@@ -507,11 +486,9 @@ s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.close()]], path)
     local f = assert(io.open(path, "w"))
     f:write("precious")
     f:close()
-    local out, err, code = run_example("unix_echo", H.q(path))
-    assert.equal(1, code)
-    assert.equal("", out)
+    local err = H.assert_exit(1, run_example("unix_echo", { path }))
     assert.matches("not a socket", err, 1, true)
-    assert.equal("precious", slurp(path))
+    assert.equal("precious", H.slurp(path))
     os.remove(path)
   end)
 
@@ -519,89 +496,58 @@ s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.close()]], path)
     local name = ("sockrun-spec-%d-abstract"):format(H.pid())
     local srv = start("unix_echo", "@" .. name)
     assert.matches("listening on @" .. name, srv.banner, 1, true)
-    local out = run(("printf 'abstract\\n' | socat - ABSTRACT-CONNECT:%s"):format(name))
+    local out = pipe_to("abstract\n", "socat - ABSTRACT-CONNECT:" .. name)
     assert.equal("abstract\n", out)
   end)
 end)
 
 describe("examples/tcp_proxy.lua", function()
   it("forwards a conversation to echo_server and back (nc)", function()
-    local echo = start("echo_server", "127.0.0.1", 0)
-    local proxy = start("tcp_proxy", 0, "127.0.0.1", echo.port)
+    local echo, proxy = proxied("echo_server")
     assert.matches("listening on 127%.0%.0%.1:%d+, forwarding to 127%.0%.0%.1:" .. echo.port,
       proxy.banner)
-    local out, code = run(("printf 'through\\nthe proxy\\n' | nc -N 127.0.0.1 %d"):format(proxy.port))
-    assert.equal("through\nthe proxy\n", out)
-    assert.equal(0, code)
+    assert_output("through\nthe proxy\n", nc("through\nthe proxy\n", proxy.port))
   end)
 
   it("passes a half-close on and copies a megabyte intact", function()
-    local echo = start("echo_server", "127.0.0.1", 0)
-    local proxy = start("tcp_proxy", 0, "127.0.0.1", echo.port)
+    local _, proxy = proxied("echo_server")
     -- The reply ends only if the client's FIN reaches echo_server through the
     -- proxy and echo_server's FIN comes back the same way.
-    local out, code = py(PY_BULK, "127.0.0.1", proxy.port, 1024 * 1024)
-    assert.equal("1048576 True\n", out)
-    assert.equal(0, code)
+    assert_output("1048576 True\n", py(PY_BULK, proxy.port, 1024 * 1024))
   end)
 
   it("keeps the reply direction open after the client half-closes", function()
-    local http = start("http_hello", "127.0.0.1", 0)
-    local proxy = start("tcp_proxy", 0, "127.0.0.1", http.port)
-    local out, code = py(PY_SEND_EOF, "127.0.0.1", proxy.port,
-      "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    local _, proxy = proxied("http_hello")
+    local out, code = py(PY_SEND_EOF, proxy.port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert.equal(0, code)
     assert.matches("^HTTP/1%.1 200 OK\r\n.*\r\n\r\nHello, World!$", out)
   end)
 
   it("serves several connections at once", function()
-    local echo = start("echo_server", "127.0.0.1", 0)
-    local proxy = start("tcp_proxy", 0, "127.0.0.1", echo.port)
-    local out, code = py([[
-import socket, sys
-port = int(sys.argv[1])
-socks = [socket.create_connection(("127.0.0.1", port), timeout=8) for _ in range(4)]
-for i, s in enumerate(socks): s.sendall(b"conn %d\n" % i)
-for i, s in reversed(list(enumerate(socks))):
-    want = b"conn %d\n" % i
-    got = b""
-    while len(got) < len(want): got += s.recv(100)
-    print(got == want)
-for s in socks: s.close()
-]], proxy.port)
-    assert.equal(("True\n"):rep(4), out)
-    assert.equal(0, code)
+    local _, proxy = proxied("echo_server")
+    assert_output(("True\n"):rep(4), py(PY_MANY, proxy.port, 4, "conn"))
   end)
 
   it("carries an HTTP keep-alive connection to http_hello (curl)", function()
-    local http = start("http_hello", "127.0.0.1", 0)
-    local proxy = start("tcp_proxy", 0, "127.0.0.1", http.port)
+    local _, proxy = proxied("http_hello")
     local url = ("http://127.0.0.1:%d/"):format(proxy.port)
-    local trace = run(("curl -sv %s %s"):format(url, url), true)
-    assert.matches("Re%-using existing connection", trace)
-    local _, n = trace:gsub("Hello, World!", "")
-    assert.equal(2, n)
+    assert_kept_alive(run(("curl -sv %s %s"):format(url, url), true))
   end)
 
   it("closes the client's connection when the target refuses", function()
-    local port = closed_port()
+    local port = H.free_port()
     local proxy = start("tcp_proxy", 0, "127.0.0.1", port)
-    local out, code = py([[
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=8)
+    assert_output("b''\n", py([[
+s = connect()
 print(repr(s.recv(100)))         # b'' : closed without a byte
 s.close()
-]], proxy.port)
-    assert.equal("b''\n", out)
-    assert.equal(0, code)
+]], proxy.port))
     stop(proxy)
     assert.matches("cannot reach 127%.0%.0%.1:" .. port .. ": connection refused", proxy.stdout)
   end)
 
   it("exits with status 2 and a usage line on a bad port", function()
-    local out, err, code = run_example("tcp_proxy", "x 127.0.0.1 7000")
-    assert.equal(2, code)
-    assert.equal("", out)
+    local err = H.assert_exit(2, run_example("tcp_proxy", { "x", "127.0.0.1", 7000 }))
     assert.matches("usage: tcp_proxy.lua", err, 1, true)
   end)
 end)

@@ -1,11 +1,31 @@
 -- Shared by the specs: the module under test, a check that a test left no
--- socket or task behind, and ways to run the sockrun binary and peers.
+-- socket or task behind, cleanups that run after each test, assertions for
+-- the error convention, and ways to run the sockrun binary and peers.
 local sr = require "sockrun"
+-- busted's assert (luassert), as the spec files see it.
+local assert = require "luassert"
 
 local H = { sr = sr }
 
---- Path of the sockrun binary under test (make test sets SOCKRUN).
+--- Absolute path of the sockrun binary under test (make test sets SOCKRUN).
 H.sockrun = os.getenv("SOCKRUN") or "build/sockrun"
+if H.sockrun:sub(1, 1) ~= "/" then
+  H.sockrun = (os.getenv("PWD") or ".") .. "/" .. H.sockrun
+end
+
+-- Cleanups ------------------------------------------------------------------
+
+local deferred = {}
+
+--- Run fn when the test ends, pass or fail (needs after_each(H.run_deferred)).
+function H.defer(fn) deferred[#deferred + 1] = fn end
+
+--- For after_each: run the deferred cleanups, the last one first.
+function H.run_deferred()
+  local list = deferred
+  deferred = {}
+  for i = #list, 1, -1 do pcall(list[i]) end
+end
 
 --- Let pending closes finish, then return live sockets and tasks.
 function H.settle()
@@ -27,28 +47,183 @@ function H.assert_clean()
   assert(ntask == 0, ntask .. " task(s) left running by this test")
 end
 
---- A TCP echo server on 127.0.0.1 and a free port; returns server, port.
+--- For after_each: collect the sockets a failed test left unreferenced (and
+-- so close them), so that they do not spill into the next test.
+function H.collect()
+  collectgarbage()
+  collectgarbage()
+  H.settle()
+end
+
+--- Replace the report of failed tasks by `hook` (default: silence) until
+-- the test ends (see H.defer).
+function H.quiet_errors(hook)
+  sr.onerror(hook or function() end)
+  H.defer(function() sr.onerror(nil) end)
+end
+
+-- Assertions ----------------------------------------------------------------
+
+--- Run fn as a task, bounded by `seconds` (default 10), and fail the test
+-- with the task's error if it fails.
+function H.in_task(fn, seconds)
+  local t = sr.spawn(function() fn(); return true end)
+  local ok, err, code = t:join(seconds or 10)
+  if ok == nil and code == "ETIMEDOUT" then t:cancel() end
+  assert(ok, err)
+end
+
+--- fn() must raise a string error containing every given plain string;
+-- returns the error.
+function H.raises(fn, ...)
+  local ok, err = pcall(fn)
+  assert.is_false(ok, "expected an error")
+  assert.equal("string", type(err), "expected a string error")
+  for i = 1, select("#", ...) do
+    local want = select(i, ...)
+    assert.is_truthy(err:find(want, 1, true),
+      string.format("expected %q in the error %q", want, err))
+  end
+  return err
+end
+
+--- Assert that `...` is exactly nil, `msg`, `code` (each any string when
+-- nil); returns the message and the code.
+function H.assert_fail_msg(msg, code, ...)
+  assert.equal(3, select("#", ...), "expected exactly nil, message, code")
+  local ok, m, c = ...
+  assert.is_nil(ok)
+  if msg then assert.equal(msg, m) else assert.equal("string", type(m)) end
+  if code then assert.equal(code, c) else assert.equal("string", type(c)) end
+  return m, c
+end
+
+--- Assert that `...` is exactly nil, a message, `code` (any string when nil).
+function H.assert_fail(code, ...) return H.assert_fail_msg(nil, code, ...) end
+
+--- Assert that `...` is exactly nil, "socket is closed", "EBADF".
+function H.assert_closed(...)
+  H.assert_fail_msg("socket is closed", "EBADF", ...)
+end
+
+--- Assert that `...` is exactly nil, "end of file", "EOF".
+function H.assert_eof(...)
+  H.assert_fail_msg("end of file", "EOF", ...)
+end
+
+--- Assert that `...` is exactly nil, "timeout", "ETIMEDOUT".
+function H.assert_timeout(...)
+  H.assert_fail_msg("timeout", "ETIMEDOUT", ...)
+end
+
+--- Assert that `...` is exactly nil, a message, an "EAI_*" code.
+function H.assert_eai(...)
+  local _, code = H.assert_fail(nil, ...)
+  assert.matches("^EAI_", code)
+end
+
+-- Sockets -------------------------------------------------------------------
+
+--- A handler for sr.listen that sends every line back.
+function H.echo(c)
+  for line in c:lines("L") do c:write(line) end
+end
+
+--- A server on host (default 127.0.0.1) and a free port, handing each
+-- connection to `handler`; closed when the test ends (see H.defer).
+-- Returns server, port.
+function H.server(handler, host)
+  local srv = assert(sr.listen(host or "127.0.0.1", 0, handler))
+  H.defer(function() srv:close() end)
+  local _, port = srv:getsockname()
+  return srv, port
+end
+
+--- A TCP echo server (every chunk back) like H.server; returns server, port.
 function H.echo_server(host)
-  local srv = assert(sr.listen(host or "127.0.0.1", 0, function(c)
+  return H.server(function(c)
     while true do
       local data = c:read()
       if not data then return end
       c:write(data)
     end
-  end))
-  local _, port = srv:getsockname()
-  return srv, port
+  end, host)
 end
 
---- A fresh path for a unix socket.
-local counter = 0
-function H.tmppath(name)
-  counter = counter + 1
-  return string.format("/tmp/sockrun-spec-%d-%d-%s", H.pid(), counter,
-    name or "sock")
+--- A client connected to 127.0.0.1:port, closed when the test ends.
+function H.connect(port)
+  local c = assert(sr.connect("127.0.0.1", port))
+  H.defer(function() c:close() end)
+  return c
 end
+
+--- A socket of family (default "inet") and type (default "stream"),
+-- already closed.
+function H.closed_socket(family, kind)
+  local s = assert(sr.socket(family or "inet", kind or "stream"))
+  s:close()
+  return s
+end
+
+--- A test body: fn(a, a_address, b, b_address) on two sockets as make()
+-- makes them (a socket and its address each), both closed when fn returns.
+function H.on_two(make, fn)
+  return function()
+    local a, a_address = make()
+    local b, b_address = make()
+    fn(a, a_address, b, b_address)
+    a:close()
+    b:close()
+  end
+end
+
+--- A port on 127.0.0.1 that nothing listens on (bound, read back, freed);
+-- kind is "tcp" (default) or "udp".
+function H.free_port(kind)
+  local s
+  if kind == "udp" then
+    s = assert(sr.udp("127.0.0.1", 0))
+  else
+    s = assert(sr.socket("inet", "stream"))
+    assert(s:bind("127.0.0.1", 0))
+  end
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+--- A connected pair (client, accepted) over TCP on 127.0.0.1 (kind "tcp",
+-- the default) or a unix stream socket (kind "unix"). Both get a generous
+-- timeout so that a broken test fails instead of hanging.
+function H.pair(kind)
+  local l, c
+  if kind == "unix" then
+    local path = H.tmppath()
+    l = assert(sr.socket("unix", "stream"))
+    assert(l:bind(path))
+    assert(l:listen())
+    c = assert(sr.socket("unix", "stream"))
+    assert(c:connect(path))
+  else
+    l = assert(sr.socket("inet", "stream"))
+    assert(l:bind("127.0.0.1", 0))
+    assert(l:listen())
+    local _, port = l:getsockname()
+    c = assert(sr.socket("inet", "stream"))
+    assert(c:connect("127.0.0.1", port))
+  end
+  local a = assert(l:accept())
+  l:close()
+  c:settimeout(10)
+  a:settimeout(10)
+  return c, a
+end
+
+-- Files and processes -------------------------------------------------------
 
 local pid
+
+--- The PID of this process.
 function H.pid()
   if not pid then
     local f = io.open("/proc/self/stat")
@@ -56,6 +231,47 @@ function H.pid()
     if f then f:close() end
   end
   return pid
+end
+
+local counter = 0
+
+--- A fresh path for a unix socket, removed when the test ends whatever
+-- happened (see H.defer).
+function H.tmppath(name)
+  counter = counter + 1
+  local path = string.format("/tmp/sockrun-spec-%d-%d-%s", H.pid(), counter,
+    name or "sock")
+  H.defer(function() os.remove(path) end)
+  return path
+end
+
+--- The whole content of a file ("" when it cannot be read).
+function H.slurp(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Write content to a fresh temporary file whose name ends in `suffix`;
+-- returns its path. Not removed: see H.tmpfile.
+local function write_tmp(content, suffix)
+  local base = os.tmpname() -- creates the file: keep the name, drop the file
+  local path = base .. (suffix or "")
+  if path ~= base then os.remove(base) end
+  local f = assert(io.open(path, "w"))
+  f:write(content or "")
+  f:close()
+  return path
+end
+
+--- A temporary file with `content`, its name ending in `suffix`; removed
+-- when the test ends (see H.defer). Returns its path.
+function H.tmpfile(content, suffix)
+  local path = write_tmp(content, suffix)
+  H.defer(function() os.remove(path) end)
+  return path
 end
 
 --- Run a shell command, return its stdout, and exit status.
@@ -71,31 +287,41 @@ function H.q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
---- Write a Lua script to a temporary file and return its path.
-function H.script(src)
-  local base = os.tmpname() -- creates the file: keep the name, drop the file
-  os.remove(base)
-  local path = base .. ".lua"
-  local f = assert(io.open(path, "w"))
-  f:write(src)
-  f:close()
-  return path
+--- Run the sockrun binary with a shell-quoted argument string; returns
+-- stdout, stderr, exit status (128+N when killed by signal N; 124 on
+-- timeout). opts: stdin (text), cwd, env (a prefix such as
+-- "env -u LUA_PATH"), timeout (seconds, default 10).
+function H.run(args, opts)
+  opts = opts or {}
+  local errpath = write_tmp("")
+  local inpath = write_tmp(opts.stdin or "")
+  local cmd = string.format("%s timeout %s %s %s <%s 2>%s", opts.env or "",
+    tostring(opts.timeout or 10), H.q(H.sockrun), args or "", H.q(inpath),
+    H.q(errpath))
+  if opts.cwd then cmd = "cd " .. H.q(opts.cwd) .. " && " .. cmd end
+  local out, code = H.sh(cmd)
+  local err = H.slurp(errpath)
+  os.remove(errpath)
+  os.remove(inpath)
+  return out, err, code
 end
 
---- Run the sockrun binary with a script (source text) and arguments,
--- bounded by `timeout` seconds; returns stdout, stderr, exit status.
-function H.run_script(src, args, timeout)
-  local path = H.script(src)
-  local errpath = os.tmpname()
-  local cmd = string.format("timeout %d %s %s %s 2>%s", timeout or 10,
-    H.q(H.sockrun), H.q(path), args or "", H.q(errpath))
-  local out, code = H.sh(cmd)
-  local f = io.open(errpath)
-  local err = f:read("a")
-  f:close()
-  os.remove(errpath)
+--- Run the sockrun binary on a script (source text) with a shell-quoted
+-- argument string, as H.run with opts; returns stdout, stderr, exit status
+-- and the path the script had.
+function H.run_script(src, args, opts)
+  local path = write_tmp(src, ".lua")
+  local out, err, code = H.run(H.q(path) .. " " .. (args or ""), opts)
   os.remove(path)
-  return out, err, code
+  return out, err, code, path
+end
+
+--- Assert that a run (stdout, stderr, exit status) ended with `status`
+-- having printed nothing on stdout; returns its stderr.
+function H.assert_exit(status, out, err, code)
+  assert.equal(status, code, err)
+  assert.equal("", out)
+  return err
 end
 
 return H

@@ -8,40 +8,6 @@ local sr = H.sr
 
 -- Helpers local to this file ---------------------------------------------
 
--- Run fn as a task and fail the test with the task's error if it fails.
-local function in_task(fn)
-  local t = sr.spawn(function() fn(); return true end)
-  local ok, err, code = t:join(10)
-  if ok == nil and code == "ETIMEDOUT" then t:cancel() end
-  assert(ok, err)
-end
-
--- fn(...) must raise an error whose message contains every given string.
-local function raises(fn, ...)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  err = tostring(err)
-  for _, s in ipairs({ ... }) do
-    assert(err:find(s, 1, true), "error '" .. err .. "' lacks '" .. s .. "'")
-  end
-  return err
-end
-
-local function assert_fail(code, ok, msg, got)
-  assert.is_nil(ok)
-  assert.is_string(msg)
-  assert.equal(code, got)
-end
-
-local function assert_closed(...)
-  local n = select("#", ...)
-  local ok, msg, code = ...
-  assert.equal(3, n)
-  assert.is_nil(ok)
-  assert.equal("socket is closed", msg)
-  assert.equal("EBADF", code)
-end
-
 -- A raw listening TCP socket on host (default 127.0.0.1) and a free port.
 local function listener(host, family, backlog)
   local s = assert(sr.socket(family or "inet", "stream"))
@@ -51,23 +17,21 @@ local function listener(host, family, backlog)
   return s, port
 end
 
--- A connected pair: client socket, accepted socket.
-local function pair()
-  local l, port = listener()
-  local c = assert(sr.socket("inet", "stream"))
-  assert(c:connect("127.0.0.1", port))
-  local a = assert(l:accept())
-  l:close()
-  return c, a
+-- A test body: fn(s) on a fresh TCP socket, closed when fn returns.
+local function on_socket(fn)
+  return function()
+    local s = assert(sr.socket("inet", "stream"))
+    fn(s)
+    s:close()
+  end
 end
 
--- A port nothing listens on (bound, then closed).
-local function closed_port()
-  local s = assert(sr.socket("inet", "stream"))
-  assert(s:bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
+-- The test "answers EBADF on a closed socket" for call(s), in the current
+-- describe block.
+local function it_answers_ebadf(call)
+  it("answers EBADF on a closed socket", function()
+    H.assert_closed(call(H.closed_socket()))
+  end)
 end
 
 -- A listener whose backlog is full, so that the next connect hangs; the
@@ -105,14 +69,10 @@ local function settle_to(n)
   return (sr._core.counts())
 end
 
+after_each(H.run_deferred)
 after_each(H.assert_clean)
--- A test that failed half-way must not leave its sockets to the next one:
--- those nobody references any more are collected (and so closed) here.
-after_each(function()
-  collectgarbage()
-  collectgarbage()
-  H.settle()
-end)
+-- A test that failed half-way must not leave its sockets to the next one.
+after_each(H.collect)
 
 -- ------------------------------------------------------------------------
 
@@ -165,32 +125,32 @@ describe("sr.socket", function()
   end)
 
   it("raises for an unknown domain name, naming argument 1", function()
-    raises(function() return sr.socket("bogus", "stream") end,
+    H.raises(function() return sr.socket("bogus", "stream") end,
       "bad argument #1 to 'socket'", "unknown domain")
   end)
 
   it("raises for an unknown domain number, naming argument 1", function()
-    raises(function() return sr.socket(12345, "stream") end,
+    H.raises(function() return sr.socket(12345, "stream") end,
       "bad argument #1 to 'socket'", "unknown domain")
   end)
 
   it("raises for an unknown type name, naming argument 2", function()
-    raises(function() return sr.socket("inet", "raw") end,
+    H.raises(function() return sr.socket("inet", "raw") end,
       "bad argument #2 to 'socket'", "unknown type")
   end)
 
   it("raises for an unknown type number, naming argument 2", function()
-    raises(function() return sr.socket(sr.AF_INET, 12345) end,
+    H.raises(function() return sr.socket(sr.AF_INET, 12345) end,
       "bad argument #2 to 'socket'", "unknown type")
   end)
 
   it("raises for a missing type", function()
-    raises(function() return sr.socket("inet") end,
+    H.raises(function() return sr.socket("inet") end,
       "bad argument #2 to 'socket'")
   end)
 
   it("works inside a task", function()
-    in_task(function()
+    H.in_task(function()
       local s = assert(sr.socket("inet6", "stream"))
       assert.equal("inet6", (s:family()))
       s:close()
@@ -205,36 +165,34 @@ describe("s:setsockopt and s:getsockopt", function()
   before_each(function() s = assert(sr.socket("inet", "stream")) end)
   after_each(function() s:close() end)
 
+  -- Turn the boolean option `name` of `sock` on and off, reading it back.
+  local function check_boolean(sock, name)
+    assert.is_true(sock:setsockopt(name, true))
+    assert.is_true(sock:getsockopt(name))
+    assert.is_true(sock:setsockopt(name, false))
+    assert.is_false(sock:getsockopt(name))
+  end
+
   for _, name in ipairs({ "reuseaddr", "reuseport", "nodelay" }) do
     it("sets and reads back the boolean option " .. name, function()
-      assert.is_true(s:setsockopt(name, true))
-      assert.is_true(s:getsockopt(name))
+      check_boolean(s, name)
+    end)
+  end
+
+  for _, opt in ipairs({ { "keepalive", 30 }, { "linger", 5 } }) do
+    local name, seconds = opt[1], opt[2]
+    it("sets " .. name .. " to a number of seconds and reads it back",
+      function()
+        assert.is_true(s:setsockopt(name, seconds))
+        assert.equal(seconds, s:getsockopt(name))
+      end)
+
+    it("turns " .. name .. " off with false", function()
+      assert.is_true(s:setsockopt(name, seconds))
       assert.is_true(s:setsockopt(name, false))
       assert.is_false(s:getsockopt(name))
     end)
   end
-
-  it("sets keepalive to a number of seconds and reads it back", function()
-    assert.is_true(s:setsockopt("keepalive", 30))
-    assert.equal(30, s:getsockopt("keepalive"))
-  end)
-
-  it("turns keepalive off with false", function()
-    assert.is_true(s:setsockopt("keepalive", 30))
-    assert.is_true(s:setsockopt("keepalive", false))
-    assert.is_false(s:getsockopt("keepalive"))
-  end)
-
-  it("sets linger to a number of seconds and reads it back", function()
-    assert.is_true(s:setsockopt("linger", 5))
-    assert.equal(5, s:getsockopt("linger"))
-  end)
-
-  it("turns linger off with false", function()
-    assert.is_true(s:setsockopt("linger", 5))
-    assert.is_true(s:setsockopt("linger", false))
-    assert.is_false(s:getsockopt("linger"))
-  end)
 
   for _, name in ipairs({ "rcvbuf", "sndbuf" }) do
     it("sets " .. name .. " and reads back at least that size", function()
@@ -245,28 +203,22 @@ describe("s:setsockopt and s:getsockopt", function()
     end)
 
     it("raises for a non-positive " .. name, function()
-      raises(function() return s:setsockopt(name, 0) end,
+      H.raises(function() return s:setsockopt(name, 0) end,
         "bad argument #2 to 'setsockopt'")
     end)
   end
 
-  it("sets broadcast on a datagram socket", function()
-    local u = assert(sr.socket("inet", "dgram"))
-    assert.is_true(u:setsockopt("broadcast", true))
-    assert.is_true(u:getsockopt("broadcast"))
-    assert.is_true(u:setsockopt("broadcast", false))
-    assert.is_false(u:getsockopt("broadcast"))
-    u:close()
-  end)
-
-  it("sets ipv6only on an inet6 socket", function()
-    local s6 = assert(sr.socket("inet6", "stream"))
-    assert.is_true(s6:setsockopt("ipv6only", true))
-    assert.is_true(s6:getsockopt("ipv6only"))
-    assert.is_true(s6:setsockopt("ipv6only", false))
-    assert.is_false(s6:getsockopt("ipv6only"))
-    s6:close()
-  end)
+  for _, case in ipairs({
+    { "broadcast", "inet", "dgram", "a datagram socket" },
+    { "ipv6only", "inet6", "stream", "an inet6 socket" },
+  }) do
+    local name, family, kind, what = table.unpack(case)
+    it("sets " .. name .. " on " .. what, function()
+      local other = assert(sr.socket(family, kind))
+      check_boolean(other, name)
+      other:close()
+    end)
+  end
 
   it("takes the raw form with level, option and an integer", function()
     assert.is_true(s:setsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR, 1))
@@ -279,170 +231,130 @@ describe("s:setsockopt and s:getsockopt", function()
   end)
 
   it("returns nil, msg, code for an unknown raw option", function()
-    assert_fail("ENOPROTOOPT", s:getsockopt(sr.SOL_SOCKET, 9999))
-    assert_fail("ENOPROTOOPT", s:setsockopt(sr.SOL_SOCKET, 9999, 1))
+    H.assert_fail("ENOPROTOOPT", s:getsockopt(sr.SOL_SOCKET, 9999))
+    H.assert_fail("ENOPROTOOPT", s:setsockopt(sr.SOL_SOCKET, 9999, 1))
   end)
 
   it("raises for an unknown option name", function()
-    raises(function() return s:setsockopt("bogus", true) end,
+    H.raises(function() return s:setsockopt("bogus", true) end,
       "bad argument #1 to 'setsockopt'", "unknown option")
-    raises(function() return s:getsockopt("bogus") end,
+    H.raises(function() return s:getsockopt("bogus") end,
       "bad argument #1 to 'getsockopt'", "unknown option")
   end)
 
   it("raises for a value of the wrong type", function()
-    raises(function() return s:setsockopt("nodelay", 1) end,
-      "bad argument #2 to 'setsockopt'")
-    raises(function() return s:setsockopt("reuseaddr", "yes") end,
-      "bad argument #2 to 'setsockopt'")
-    raises(function() return s:setsockopt("rcvbuf", "big") end,
-      "bad argument #2 to 'setsockopt'")
-    raises(function() return s:setsockopt("keepalive", "often") end,
-      "bad argument #2 to 'setsockopt'")
-    raises(function() return s:setsockopt("linger", {}) end,
-      "bad argument #2 to 'setsockopt'")
+    for _, bad in ipairs({ { "nodelay", 1 }, { "reuseaddr", "yes" },
+      { "rcvbuf", "big" }, { "keepalive", "often" }, { "linger", {} } }) do
+      H.raises(function() return s:setsockopt(bad[1], bad[2]) end,
+        "bad argument #2 to 'setsockopt'")
+    end
   end)
 
   it("returns nil, msg, code for an option that does not apply", function()
     local u = assert(sr.socket("unix", "stream"))
-    local ok, msg, code = u:setsockopt("nodelay", true)
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.is_string(code)
-    ok, msg, code = u:getsockopt("nodelay")
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.is_string(code)
+    H.assert_fail(nil, u:setsockopt("nodelay", true))
+    H.assert_fail(nil, u:getsockopt("nodelay"))
     u:close()
-    ok, msg, code = s:setsockopt("ipv6only", true) -- on an inet socket
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.is_string(code)
+    H.assert_fail(nil, s:setsockopt("ipv6only", true)) -- on an inet socket
   end)
 
   it("answers EBADF on a closed socket", function()
     s:close()
-    assert_closed(s:setsockopt("nodelay", true))
-    assert_closed(s:getsockopt("nodelay"))
-    assert_closed(s:setsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR, 1))
-    assert_closed(s:getsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR))
+    H.assert_closed(s:setsockopt("nodelay", true))
+    H.assert_closed(s:getsockopt("nodelay"))
+    H.assert_closed(s:setsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR, 1))
+    H.assert_closed(s:getsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR))
   end)
 end)
 
 -- ------------------------------------------------------------------------
 
 describe("s:bind", function()
-  it("binds port 0 to a free port that getsockname reports", function()
-    local s = assert(sr.socket("inet", "stream"))
-    assert.is_true(s:bind("127.0.0.1", 0))
-    local host, port = s:getsockname()
-    assert.equal("127.0.0.1", host)
-    assert.equal("integer", math.type(port))
-    assert.is_true(port > 0 and port < 65536)
-    s:close()
-  end)
+  it("binds port 0 to a free port that getsockname reports",
+    on_socket(function(s)
+      assert.is_true(s:bind("127.0.0.1", 0))
+      local host, port = s:getsockname()
+      assert.equal("127.0.0.1", host)
+      assert.equal("integer", math.type(port))
+      assert.is_true(port > 0 and port < 65536)
+    end))
 
-  it("binds \"*\" to the IPv4 any-address", function()
-    local s = assert(sr.socket("inet", "stream"))
-    assert.is_true(s:bind("*", 0))
-    assert.equal("0.0.0.0", (s:getsockname()))
-    s:close()
-  end)
-
-  it("binds \"0.0.0.0\" to the IPv4 any-address", function()
-    local s = assert(sr.socket("inet", "dgram"))
-    assert.is_true(s:bind("0.0.0.0", 0))
-    assert.equal("0.0.0.0", (s:getsockname()))
-    s:close()
-  end)
-
-  it("binds \"::\" to the IPv6 any-address", function()
-    local s = assert(sr.socket("inet6", "stream"))
-    assert.is_true(s:bind("::", 0))
-    assert.equal("::", (s:getsockname()))
-    s:close()
-  end)
-
-  it("binds ::1 on an inet6 socket", function()
-    local s = assert(sr.socket("inet6", "stream"))
-    assert.is_true(s:bind("::1", 0))
-    local host, port = s:getsockname()
-    assert.equal("::1", host)
-    assert.is_true(port > 0)
-    s:close()
-  end)
-
-  it("resolves \"localhost\"", function()
-    local s = assert(sr.socket("inet", "stream"))
-    assert.is_true(s:bind("localhost", 0))
-    assert.equal("127.0.0.1", (s:getsockname()))
-    s:close()
-  end)
+  -- name; family, type, host to bind; the address getsockname then gives;
+  -- port: whether to check the port too
+  local binds = {
+    { "binds \"*\" to the IPv4 any-address",
+      "inet", "stream", "*", "0.0.0.0" },
+    { "binds \"0.0.0.0\" to the IPv4 any-address",
+      "inet", "dgram", "0.0.0.0", "0.0.0.0" },
+    { "binds \"::\" to the IPv6 any-address",
+      "inet6", "stream", "::", "::" },
+    { "binds ::1 on an inet6 socket",
+      "inet6", "stream", "::1", "::1", port = true },
+    { "resolves \"localhost\"",
+      "inet", "stream", "localhost", "127.0.0.1" },
+  }
+  for _, case in ipairs(binds) do
+    local name, family, kind, host, want = table.unpack(case)
+    it(name, function()
+      local s = assert(sr.socket(family, kind))
+      assert.is_true(s:bind(host, 0))
+      local got, port = s:getsockname()
+      assert.equal(want, got)
+      if case.port then assert.is_true(port > 0) end
+      s:close()
+    end)
+  end
 
   it("fails with EADDRINUSE when the port is taken by a listener", function()
     local l, port = listener()
     local s = assert(sr.socket("inet", "stream"))
-    assert_fail("EADDRINUSE", s:bind("127.0.0.1", port))
+    H.assert_fail("EADDRINUSE", s:bind("127.0.0.1", port))
     s:setsockopt("reuseaddr", true)
-    assert_fail("EADDRINUSE", s:bind("127.0.0.1", port))
+    H.assert_fail("EADDRINUSE", s:bind("127.0.0.1", port))
     s:close()
     l:close()
   end)
 
-  it("returns nil, msg, code for a name that does not resolve", function()
-    local s = assert(sr.socket("inet", "stream"))
-    local ok, msg, code = s:bind("no-such-host.invalid", 0)
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.matches("^EAI_", code)
-    s:close()
-  end)
+  it("returns nil, msg, code for a name that does not resolve",
+    on_socket(function(s)
+      H.assert_eai(s:bind("no-such-host.invalid", 0))
+    end))
 
-  it("raises for a malformed address, naming argument 1", function()
-    local s = assert(sr.socket("inet", "stream"))
-    raises(function() return s:bind("bad host!", 0) end,
+  it("raises for a malformed address, naming argument 1", on_socket(function(s)
+    H.raises(function() return s:bind("bad host!", 0) end,
       "bad argument #1 to 'bind'", "malformed address")
-    raises(function() return s:bind("999.1.1.1", 0) end,
+    H.raises(function() return s:bind("999.1.1.1", 0) end,
       "bad argument #1 to 'bind'", "malformed")
-    s:close()
-  end)
+  end))
 
   it("raises for an address of another family, naming argument 1",
     function()
       local s = assert(sr.socket("inet", "stream"))
-      raises(function() return s:bind("::1", 0) end,
+      H.raises(function() return s:bind("::1", 0) end,
         "bad argument #1 to 'bind'")
       s:close()
     end)
 
-  it("raises for a port out of range, naming argument 2", function()
-    local s = assert(sr.socket("inet", "stream"))
-    raises(function() return s:bind("127.0.0.1", 70000) end,
+  it("raises for a port out of range, naming argument 2", on_socket(function(s)
+    H.raises(function() return s:bind("127.0.0.1", 70000) end,
       "bad argument #2 to 'bind'", "port out of range")
-    raises(function() return s:bind("127.0.0.1", -1) end,
+    H.raises(function() return s:bind("127.0.0.1", -1) end,
       "bad argument #2 to 'bind'", "port out of range")
-    raises(function() return s:bind("127.0.0.1", 65536) end,
+    H.raises(function() return s:bind("127.0.0.1", 65536) end,
       "port out of range")
-    s:close()
-  end)
+  end))
 
-  it("raises for a port that is not an integer", function()
-    local s = assert(sr.socket("inet", "stream"))
-    raises(function() return s:bind("127.0.0.1", 1.5) end,
+  it("raises for a port that is not an integer", on_socket(function(s)
+    H.raises(function() return s:bind("127.0.0.1", 1.5) end,
       "bad argument #2 to 'bind'")
-    raises(function() return s:bind("127.0.0.1", {}) end,
+    H.raises(function() return s:bind("127.0.0.1", {}) end,
       "bad argument #2 to 'bind'")
-    s:close()
-  end)
+  end))
 
-  it("answers EBADF on a closed socket", function()
-    local s = assert(sr.socket("inet", "stream"))
-    s:close()
-    assert_closed(s:bind("127.0.0.1", 0))
-  end)
+  it_answers_ebadf(function(s) return s:bind("127.0.0.1", 0) end)
 
   it("works inside a task", function()
-    in_task(function()
+    H.in_task(function()
       local s = assert(sr.socket("inet", "stream"))
       assert.is_true(s:bind("localhost", 0))
       assert.equal("127.0.0.1", (s:getsockname()))
@@ -454,18 +366,15 @@ end)
 -- ------------------------------------------------------------------------
 
 describe("s:listen", function()
-  it("puts a bound socket in passive mode", function()
-    local s = assert(sr.socket("inet", "stream"))
+  it("puts a bound socket in passive mode", on_socket(function(s)
     assert(s:bind("127.0.0.1", 0))
     assert.is_true(s:listen())
     local _, port = s:getsockname()
     assert.equal("sockrun.socket(tcp, 127.0.0.1:" .. port .. ", listening)",
       tostring(s))
-    s:close()
-  end)
+  end))
 
-  it("takes a backlog", function()
-    local s = assert(sr.socket("inet", "stream"))
+  it("takes a backlog", on_socket(function(s)
     assert(s:bind("127.0.0.1", 0))
     assert.is_true(s:listen(8))
     local _, port = s:getsockname()
@@ -473,30 +382,20 @@ describe("s:listen", function()
     local a = assert(s:accept())
     a:close()
     c:close()
-    s:close()
-  end)
+  end))
 
-  it("raises for a negative backlog", function()
-    local s = assert(sr.socket("inet", "stream"))
+  it("raises for a negative backlog", on_socket(function(s)
     assert(s:bind("127.0.0.1", 0))
-    raises(function() return s:listen(-1) end, "bad argument #1 to 'listen'")
-    s:close()
-  end)
+    H.raises(function() return s:listen(-1) end, "bad argument #1 to 'listen'")
+  end))
 
   it("returns nil, msg, code on a datagram socket", function()
     local u = assert(sr.socket("inet", "dgram"))
-    local ok, msg, code = u:listen()
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.is_string(code)
+    H.assert_fail(nil, u:listen())
     u:close()
   end)
 
-  it("answers EBADF on a closed socket", function()
-    local s = assert(sr.socket("inet", "stream"))
-    s:close()
-    assert_closed(s:listen())
-  end)
+  it_answers_ebadf(function(s) return s:listen() end)
 end)
 
 -- ------------------------------------------------------------------------
@@ -534,31 +433,24 @@ describe("s:accept", function()
   it("times out with ETIMEDOUT and still works after", function()
     local l, port = listener()
     l:settimeout(0.05)
-    local a, msg, code = l:accept()
-    assert.is_nil(a)
-    assert.equal("timeout", msg)
-    assert.equal("ETIMEDOUT", code)
+    H.assert_timeout(l:accept())
     local c = assert(sr.connect("127.0.0.1", port))
-    a = assert(l:accept())
+    local a = assert(l:accept())
     a:close()
     c:close()
     l:close()
   end)
 
-  it("returns nil, msg, code on a socket that is not listening", function()
-    local s = assert(sr.socket("inet", "stream"))
-    assert(s:bind("127.0.0.1", 0))
-    local a, msg, code = s:accept()
-    assert.is_nil(a)
-    assert.is_string(msg)
-    assert.equal("EINVAL", code)
-    s:close()
-  end)
+  it("returns nil, msg, code on a socket that is not listening",
+    on_socket(function(s)
+      assert(s:bind("127.0.0.1", 0))
+      H.assert_fail("EINVAL", s:accept())
+    end))
 
   it("answers EBADF on a closed socket", function()
     local l = listener()
     l:close()
-    assert_closed(l:accept())
+    H.assert_closed(l:accept())
   end)
 
   it("waits inside a task while the top level connects", function()
@@ -581,10 +473,10 @@ describe("s:accept", function()
   end)
 
   it("times out inside a task and still works after", function()
-    in_task(function()
+    H.in_task(function()
       local l, port = listener()
       l:settimeout(0.05)
-      assert_fail("ETIMEDOUT", l:accept())
+      H.assert_fail("ETIMEDOUT", l:accept())
       local c = assert(sr.connect("127.0.0.1", port))
       local a = assert(l:accept())
       a:close()
@@ -609,12 +501,10 @@ describe("s:connect", function()
   end)
 
   it("fails with ECONNREFUSED when nothing listens", function()
-    local port = closed_port()
+    local port = H.free_port()
     local c = assert(sr.socket("inet", "stream"))
-    local ok, msg, code = c:connect("127.0.0.1", port)
-    assert.is_nil(ok)
-    assert.equal("connection refused", msg)
-    assert.equal("ECONNREFUSED", code)
+    H.assert_fail_msg("connection refused", "ECONNREFUSED",
+      c:connect("127.0.0.1", port))
     c:close()
   end)
 
@@ -627,14 +517,10 @@ describe("s:connect", function()
     l:close()
   end)
 
-  it("returns nil, msg, EAI_* for a name that does not resolve", function()
-    local c = assert(sr.socket("inet", "stream"))
-    local ok, msg, code = c:connect("no-such-host.invalid", 80)
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.matches("^EAI_", code)
-    c:close()
-  end)
+  it("returns nil, msg, EAI_* for a name that does not resolve",
+    on_socket(function(c)
+      H.assert_eai(c:connect("no-such-host.invalid", 80))
+    end))
 
   it("connects over IPv6", function()
     local l, port = listener("::1", "inet6")
@@ -650,10 +536,7 @@ describe("s:connect", function()
     if not l then return pending("the system never fills a backlog") end
     local c = assert(sr.socket("inet", "stream"))
     c:settimeout(0.1)
-    local ok, msg, code = c:connect("127.0.0.1", port)
-    assert.is_nil(ok)
-    assert.equal("timeout", msg)
-    assert.equal("ETIMEDOUT", code)
+    H.assert_timeout(c:connect("127.0.0.1", port))
     assert.is_true(c:close())
     close_all(fillers)
     l:close()
@@ -668,24 +551,19 @@ describe("s:connect", function()
     l2:close()
   end)
 
-  it("raises for a malformed address or a port out of range", function()
-    local c = assert(sr.socket("inet", "stream"))
-    raises(function() return c:connect("bad host!", 80) end,
-      "bad argument #1 to 'connect'", "malformed address")
-    raises(function() return c:connect("127.0.0.1", 70000) end,
-      "bad argument #2 to 'connect'", "port out of range")
-    c:close()
-  end)
+  it("raises for a malformed address or a port out of range",
+    on_socket(function(c)
+      H.raises(function() return c:connect("bad host!", 80) end,
+        "bad argument #1 to 'connect'", "malformed address")
+      H.raises(function() return c:connect("127.0.0.1", 70000) end,
+        "bad argument #2 to 'connect'", "port out of range")
+    end))
 
-  it("answers EBADF on a closed socket", function()
-    local c = assert(sr.socket("inet", "stream"))
-    c:close()
-    assert_closed(c:connect("127.0.0.1", 80))
-  end)
+  it_answers_ebadf(function(s) return s:connect("127.0.0.1", 80) end)
 
   it("waits inside a task", function()
     local l, port = listener()
-    in_task(function()
+    H.in_task(function()
       local c = assert(sr.socket("inet", "stream"))
       assert.is_true(c:connect("localhost", port))
       local a = assert(l:accept())
@@ -698,10 +576,10 @@ describe("s:connect", function()
   end)
 
   it("gets ECONNREFUSED inside a task", function()
-    local port = closed_port()
-    in_task(function()
+    local port = H.free_port()
+    H.in_task(function()
       local c = assert(sr.socket("inet", "stream"))
-      assert_fail("ECONNREFUSED", c:connect("127.0.0.1", port))
+      H.assert_fail("ECONNREFUSED", c:connect("127.0.0.1", port))
       c:close()
     end)
   end)
@@ -711,7 +589,7 @@ end)
 
 describe("s:getsockname and s:getpeername", function()
   it("report both ends of a connection", function()
-    local c, a = pair()
+    local c, a = H.pair()
     local ch, cp = c:getsockname()
     local ah, ap = a:getpeername()
     assert.equal("127.0.0.1", ch)
@@ -725,31 +603,25 @@ describe("s:getsockname and s:getpeername", function()
     a:close()
   end)
 
-  it("getpeername fails with ENOTCONN on an unconnected socket", function()
-    local s = assert(sr.socket("inet", "stream"))
-    local ok, msg, code = s:getpeername()
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.equal("ENOTCONN", code)
-    assert(s:bind("127.0.0.1", 0))
-    assert(s:listen())
-    assert_fail("ENOTCONN", s:getpeername())
-    s:close()
-  end)
+  it("getpeername fails with ENOTCONN on an unconnected socket",
+    on_socket(function(s)
+      H.assert_fail("ENOTCONN", s:getpeername())
+      assert(s:bind("127.0.0.1", 0))
+      assert(s:listen())
+      H.assert_fail("ENOTCONN", s:getpeername())
+    end))
 
-  it("getsockname of an unbound socket is the any-address, port 0", function()
-    local s = assert(sr.socket("inet", "stream"))
-    local host, port = s:getsockname()
-    assert.equal("0.0.0.0", host)
-    assert.equal(0, port)
-    s:close()
-  end)
+  it("getsockname of an unbound socket is the any-address, port 0",
+    on_socket(function(s)
+      local host, port = s:getsockname()
+      assert.equal("0.0.0.0", host)
+      assert.equal(0, port)
+    end))
 
   it("answer EBADF on a closed socket", function()
-    local s = assert(sr.socket("inet", "stream"))
-    s:close()
-    assert_closed(s:getsockname())
-    assert_closed(s:getpeername())
+    local s = H.closed_socket()
+    H.assert_closed(s:getsockname())
+    H.assert_closed(s:getpeername())
   end)
 end)
 
@@ -768,11 +640,7 @@ describe("s:fileno", function()
     u:close()
   end)
 
-  it("answers EBADF on a closed socket", function()
-    local s = assert(sr.socket("inet", "stream"))
-    s:close()
-    assert_closed(s:fileno())
-  end)
+  it_answers_ebadf(function(s) return s:fileno() end)
 end)
 
 -- ------------------------------------------------------------------------
@@ -786,7 +654,7 @@ describe("tostring(s)", function()
   end)
 
   it("shows a connected TCP socket", function()
-    local c, a = pair()
+    local c, a = H.pair()
     local _, port = c:getsockname()
     assert.equal("sockrun.socket(tcp, 127.0.0.1:" .. port .. ", connected)",
       tostring(c))
@@ -818,9 +686,7 @@ describe("tostring(s)", function()
   end)
 
   it("shows a closed socket", function()
-    local s = assert(sr.socket("inet", "stream"))
-    s:close()
-    assert.equal("sockrun.socket(closed)", tostring(s))
+    assert.equal("sockrun.socket(closed)", tostring(H.closed_socket()))
   end)
 end)
 
@@ -864,30 +730,26 @@ describe("s:close", function()
     for _, call in ipairs(calls) do
       it("makes " .. call[1] .. " on a closed " .. kind ..
         " socket answer nil, \"socket is closed\", \"EBADF\"", function()
-          local s = assert(sr.socket("inet", kind))
-          s:close()
-          assert_closed(call[2](s))
+          H.assert_closed(call[2](H.closed_socket("inet", kind)))
         end)
     end
   end
 
   it("makes the lines iterator of a closed socket end at once", function()
-    local s = assert(sr.socket("inet", "stream"))
-    s:close()
-    assert.is_nil(s:lines()())
+    assert.is_nil(H.closed_socket():lines()())
   end)
 
   it("makes a socket closed while connected answer EBADF", function()
-    local c, a = pair()
+    local c, a = H.pair()
     c:close()
-    assert_closed(c:read("l"))
-    assert_closed(c:write("late"))
-    assert_closed(c:getpeername())
+    H.assert_closed(c:read("l"))
+    H.assert_closed(c:write("late"))
+    H.assert_closed(c:getpeername())
     a:close()
   end)
 
   it("wakes a task blocked in read with EBADF exactly once", function()
-    local c, a = pair()
+    local c, a = H.pair()
     local results = {}
     local t = sr.spawn(function()
       results[#results + 1] = table.pack(c:read("l"))
@@ -898,7 +760,7 @@ describe("s:close", function()
     for _ = 1, 5 do sr.step() end
     assert.equal(1, #results)
     assert.equal(3, results[1].n)
-    assert_closed(table.unpack(results[1], 1, 3))
+    H.assert_closed(table.unpack(results[1], 1, 3))
     assert.equal("done", t:status())
     a:close()
   end)
@@ -914,16 +776,16 @@ describe("s:close", function()
     t:join(5)
     for _ = 1, 5 do sr.step() end
     assert.equal(1, #results)
-    assert_closed(table.unpack(results[1], 1, results[1].n))
+    H.assert_closed(table.unpack(results[1], 1, results[1].n))
   end)
 
   it("wakes the top level blocked in read when a task closes", function()
-    local c, a = pair()
+    local c, a = H.pair()
     local t = sr.spawn(function()
       sr.sleep(0.02)
       c:close()
     end)
-    assert_closed(c:read("l"))
+    H.assert_closed(c:read("l"))
     t:join(5)
     a:close()
   end)
@@ -936,7 +798,7 @@ describe("s:close", function()
       assert.is_true(s:fileno() > 2)
     end
     assert.equal("sockrun.socket(closed)", tostring(ref))
-    assert_closed(ref:fileno())
+    H.assert_closed(ref:fileno())
   end)
 
   it("closes a forgotten socket when it is collected", function()
@@ -953,7 +815,7 @@ describe("s:close", function()
   end)
 
   it("flushes queued writes before the descriptor closes", function()
-    local c, a = pair()
+    local c, a = H.pair()
     local chunk = string.rep("z", 64 * 1024)
     for _ = 1, 16 do c:write(chunk) end
     c:close()
@@ -967,12 +829,9 @@ end)
 
 describe("s:settimeout and s:settimeouts", function()
   it("bounds a read with ETIMEDOUT and the socket stays usable", function()
-    local c, a = pair()
+    local c, a = H.pair()
     assert.is_true(c:settimeout(0.05))
-    local ok, msg, code = c:read("l")
-    assert.is_nil(ok)
-    assert.equal("timeout", msg)
-    assert.equal("ETIMEDOUT", code)
+    H.assert_timeout(c:read("l"))
     a:write("later\n")
     assert.equal("later", c:read("l"))
     c:write("back\n")
@@ -982,18 +841,17 @@ describe("s:settimeout and s:settimeouts", function()
   end)
 
   it("keeps partial line data across a timeout", function()
-    local c, a = pair()
+    local c, a = H.pair()
     c:settimeout(0.05)
     a:write("hal")
-    assert_fail("ETIMEDOUT", c:read("l"))
+    H.assert_fail("ETIMEDOUT", c:read("l"))
     a:write("f\n")
     assert.equal("half", c:read("l"))
     c:close()
     a:close()
   end)
 
-  it("sets the three timeouts apart", function()
-    local s = assert(sr.socket("inet", "stream"))
+  it("sets the three timeouts apart", on_socket(function(s)
     assert.is_true(s:settimeouts(1, 2.5, nil))
     local ct, rt, wt = s:gettimeouts()
     assert.equal(1, ct)
@@ -1006,35 +864,32 @@ describe("s:settimeout and s:settimeouts", function()
     assert.is_nil(wt)
     assert.is_true(s:settimeout(3))
     assert.same({ 3, 3, 3 }, { s:gettimeouts() })
-    s:close()
-  end)
+  end))
 
   it("applies only the read timeout of settimeouts to reads", function()
-    local c, a = pair()
+    local c, a = H.pair()
     c:settimeouts(nil, 0.05, nil)
-    assert_fail("ETIMEDOUT", c:read(1))
+    H.assert_fail("ETIMEDOUT", c:read(1))
     a:write("x")
     assert.equal("x", c:read(1))
     c:close()
     a:close()
   end)
 
-  it("raises for a negative timeout", function()
-    local s = assert(sr.socket("inet", "stream"))
-    raises(function() return s:settimeout(-1) end,
+  it("raises for a negative timeout", on_socket(function(s)
+    H.raises(function() return s:settimeout(-1) end,
       "bad argument #1 to 'settimeout'")
-    raises(function() return s:settimeouts(1, -1, 1) end,
+    H.raises(function() return s:settimeouts(1, -1, 1) end,
       "bad argument #2 to 'settimeouts'")
-    raises(function() return s:settimeout("soon") end,
+    H.raises(function() return s:settimeout("soon") end,
       "bad argument #1 to 'settimeout'")
-    s:close()
-  end)
+  end))
 
   it("bounds a read inside a task and the socket stays usable", function()
-    local c, a = pair()
-    in_task(function()
+    local c, a = H.pair()
+    H.in_task(function()
       c:settimeout(0.05)
-      assert_fail("ETIMEDOUT", c:read())
+      H.assert_fail("ETIMEDOUT", c:read())
       a:write("ok")
       assert.equal("ok", c:read())
     end)
@@ -1045,22 +900,24 @@ end)
 
 -- ------------------------------------------------------------------------
 
-local function echo(c)
-  for line in c:lines("L") do c:write(line) end
-end
-
 describe("sr.listen and sr.connect", function()
-  it("serve and connect over IPv4", function()
-    local srv = assert(sr.listen("127.0.0.1", 0, echo))
+  -- sr.listen on host with the echo handler (and opts), sr.connect to it,
+  -- and a line there and back.
+  local function echo_line(host, line, opts)
+    local srv = assert(sr.listen(host, 0, H.echo, opts))
     local _, port = srv:getsockname()
-    local c = assert(sr.connect("127.0.0.1", port))
-    assert.equal("hello", c:write("hello\n"):read("l"))
+    local c = assert(sr.connect(host, port))
+    assert.equal(line, c:write(line .. "\n"):read("l"))
     c:close()
     srv:close()
+  end
+
+  it("serve and connect over IPv4", function()
+    echo_line("127.0.0.1", "hello")
   end)
 
   it("serve and connect over IPv6 ::1", function()
-    local srv = assert(sr.listen("::1", 0, echo))
+    local srv = assert(sr.listen("::1", 0, H.echo))
     local host, port = srv:getsockname()
     assert.equal("::1", host)
     local c = assert(sr.connect("::1", port))
@@ -1071,12 +928,7 @@ describe("sr.listen and sr.connect", function()
   end)
 
   it("resolve names", function()
-    local srv = assert(sr.listen("localhost", 0, echo))
-    local _, port = srv:getsockname()
-    local c = assert(sr.connect("localhost", port))
-    assert.equal("named", c:write("named\n"):read("l"))
-    c:close()
-    srv:close()
+    echo_line("localhost", "named")
   end)
 
   it("pass the peer host and port to the handler", function()
@@ -1101,17 +953,14 @@ describe("sr.listen and sr.connect", function()
     local _, port = srv:getsockname()
     local c = assert(sr.connect("127.0.0.1", port))
     assert.equal("bye", c:read("l"))
-    local ok, msg, code = c:read("l")
-    assert.is_nil(ok)
-    assert.equal("end of file", msg)
-    assert.equal("EOF", code)
+    H.assert_eof(c:read("l"))
     c:close()
     srv:close()
   end)
 
   it("close the connection when the handler fails and keep serving",
     function()
-      sr.onerror(function() end)
+      H.quiet_errors()
       local srv = assert(sr.listen("127.0.0.1", 0, function(conn)
         local line = conn:read("l")
         if line == "fail" then error("handler failed on purpose") end
@@ -1120,36 +969,30 @@ describe("sr.listen and sr.connect", function()
       local _, port = srv:getsockname()
       local c1 = assert(sr.connect("127.0.0.1", port))
       c1:write("fail\n")
-      assert_fail("EOF", c1:read("l"))
+      H.assert_fail("EOF", c1:read("l"))
       local c2 = assert(sr.connect("127.0.0.1", port))
       assert.equal("ok", c2:write("good\n"):read("l"))
       c1:close()
       c2:close()
       srv:close()
-      sr.onerror(nil)
     end)
 
   it("take opts.backlog", function()
-    local srv = assert(sr.listen("127.0.0.1", 0, echo, { backlog = 4 }))
-    local _, port = srv:getsockname()
-    local c = assert(sr.connect("127.0.0.1", port))
-    assert.equal("b", c:write("b\n"):read("l"))
-    c:close()
-    srv:close()
+    echo_line("127.0.0.1", "b", { backlog = 4 })
   end)
 
   it("raise for a negative backlog and leave no socket open", function()
-    raises(function()
-      return sr.listen("127.0.0.1", 0, echo, { backlog = -1 })
+    H.raises(function()
+      return sr.listen("127.0.0.1", 0, H.echo, { backlog = -1 })
     end, "backlog")
     assert.equal(0, settle_to(0))
   end)
 
   it("share a port with opts.reuseport", function()
-    local a = assert(sr.listen("127.0.0.1", 0, echo, { reuseport = true }))
+    local a = assert(sr.listen("127.0.0.1", 0, H.echo, { reuseport = true }))
     local _, port = a:getsockname()
     assert.is_true(a:getsockopt("reuseport"))
-    local b = assert(sr.listen("127.0.0.1", port, echo, { reuseport = true }))
+    local b = assert(sr.listen("127.0.0.1", port, H.echo, { reuseport = true }))
     local c = assert(sr.connect("127.0.0.1", port))
     assert.equal("r", c:write("r\n"):read("l"))
     c:close()
@@ -1158,14 +1001,14 @@ describe("sr.listen and sr.connect", function()
   end)
 
   it("honour opts.ipv6only", function()
-    local only = assert(sr.listen("::", 0, echo, { ipv6only = true }))
+    local only = assert(sr.listen("::", 0, H.echo, { ipv6only = true }))
     assert.is_true(only:getsockopt("ipv6only"))
     local _, p1 = only:getsockname()
-    assert_fail("ECONNREFUSED", sr.connect("127.0.0.1", p1))
+    H.assert_fail("ECONNREFUSED", sr.connect("127.0.0.1", p1))
     local c6 = assert(sr.connect("::1", p1))
     c6:close()
     only:close()
-    local dual = assert(sr.listen("::", 0, echo, { ipv6only = false }))
+    local dual = assert(sr.listen("::", 0, H.echo, { ipv6only = false }))
     assert.is_false(dual:getsockopt("ipv6only"))
     local _, p2 = dual:getsockname()
     local c4 = assert(sr.connect("127.0.0.1", p2))
@@ -1175,75 +1018,66 @@ describe("sr.listen and sr.connect", function()
   end)
 
   it("sr.listen returns nil, msg, EADDRINUSE on a taken port", function()
-    local a = assert(sr.listen("127.0.0.1", 0, echo))
+    local a = assert(sr.listen("127.0.0.1", 0, H.echo))
     local _, port = a:getsockname()
-    local s, msg, code = sr.listen("127.0.0.1", port, echo)
-    assert.is_nil(s)
-    assert.equal("address already in use", msg)
-    assert.equal("EADDRINUSE", code)
+    H.assert_fail_msg("address already in use", "EADDRINUSE",
+      sr.listen("127.0.0.1", port, H.echo))
     a:close()
   end)
 
   it("sr.listen raises for a handler that is not a function", function()
-    raises(function() return sr.listen("127.0.0.1", 0, "echo") end,
+    H.raises(function() return sr.listen("127.0.0.1", 0, "echo") end,
       "bad argument #3 to 'listen'")
-    raises(function() return sr.listen("127.0.0.1", 0) end,
+    H.raises(function() return sr.listen("127.0.0.1", 0) end,
       "bad argument #3 to 'listen'")
-    raises(function() return sr.listen(H.tmppath(), "echo") end,
+    H.raises(function() return sr.listen(H.tmppath(), "echo") end,
       "bad argument #2 to 'listen'")
   end)
 
   it("sr.listen raises for a bad port or address", function()
-    raises(function() return sr.listen("127.0.0.1", 70000, echo) end,
+    H.raises(function() return sr.listen("127.0.0.1", 70000, H.echo) end,
       "bad argument #2 to 'listen'", "port out of range")
-    raises(function() return sr.listen("no way!", 0, echo) end,
+    H.raises(function() return sr.listen("no way!", 0, H.echo) end,
       "bad argument #1 to 'listen'", "malformed address")
-    raises(function() return sr.listen("127.0.0.1", 0, echo, "opts") end,
+    H.raises(function() return sr.listen("127.0.0.1", 0, H.echo, "opts") end,
       "bad argument #4 to 'listen'")
   end)
 
   it("sr.connect fails with ECONNREFUSED when nothing listens", function()
-    local s, msg, code = sr.connect("127.0.0.1", closed_port())
-    assert.is_nil(s)
-    assert.equal("connection refused", msg)
-    assert.equal("ECONNREFUSED", code)
+    H.assert_fail_msg("connection refused", "ECONNREFUSED",
+      sr.connect("127.0.0.1", H.free_port()))
   end)
 
   it("sr.connect returns nil, msg, EAI_* for an unknown name", function()
-    local s, msg, code = sr.connect("no-such-host.invalid", 80)
-    assert.is_nil(s)
-    assert.is_string(msg)
-    assert.matches("^EAI_", code)
+    H.assert_eai(sr.connect("no-such-host.invalid", 80))
   end)
 
   it("sr.connect times out with opts.timeout", function()
     local l, port, fillers = full_listener()
     if not l then return pending("the system never fills a backlog") end
-    local s, msg, code = sr.connect("127.0.0.1", port, { timeout = 0.1 })
-    assert.is_nil(s)
-    assert.equal("timeout", msg)
-    assert.equal("ETIMEDOUT", code)
+    H.assert_timeout(sr.connect("127.0.0.1", port, { timeout = 0.1 }))
     close_all(fillers)
     l:close()
   end)
 
   it("sr.connect raises for a bad port, address or opts", function()
-    raises(function() return sr.connect("127.0.0.1", 70000) end,
+    H.raises(function() return sr.connect("127.0.0.1", 70000) end,
       "bad argument #2 to 'connect'", "port out of range")
-    raises(function() return sr.connect("no way!", 80) end,
+    H.raises(function() return sr.connect("no way!", 80) end,
       "bad argument #1 to 'connect'", "malformed address")
-    raises(function() return sr.connect("127.0.0.1", 80, 5) end,
+    H.raises(function() return sr.connect("127.0.0.1", 80, 5) end,
       "bad argument #3 to 'connect'")
-    raises(function() return sr.connect(42) end, "bad argument #1 to 'connect'")
+    H.raises(function() return sr.connect(42) end,
+      "bad argument #1 to 'connect'")
   end)
 
   it("work inside a task", function()
-    in_task(function()
-      local srv = assert(sr.listen("127.0.0.1", 0, echo))
+    H.in_task(function()
+      local srv = assert(sr.listen("127.0.0.1", 0, H.echo))
       local _, port = srv:getsockname()
       local c = assert(sr.connect("localhost", port))
       assert.equal("in task", c:write("in task\n"):read("l"))
-      assert_fail("ECONNREFUSED", sr.connect("127.0.0.1", closed_port()))
+      H.assert_fail("ECONNREFUSED", sr.connect("127.0.0.1", H.free_port()))
       c:close()
       srv:close()
     end)
@@ -1300,31 +1134,24 @@ describe("sr.resolve", function()
 
   it("returns nil, msg, EAI_* for a numeric address of the wrong family",
     function()
-      local list, msg, code = sr.resolve("127.0.0.1", "inet6")
-      assert.is_nil(list)
-      assert.is_string(msg)
-      assert.matches("^EAI_", code)
+      H.assert_eai(sr.resolve("127.0.0.1", "inet6"))
     end)
 
   it("returns nil, msg, EAI_* for a name that does not exist", function()
-    local list, msg, code = sr.resolve("no-such-host.invalid")
-    assert.is_nil(list)
-    assert.is_string(msg)
-    assert.is_string(code)
-    assert.matches("^EAI_", code)
+    H.assert_eai(sr.resolve("no-such-host.invalid"))
   end)
 
   it("raises for an unknown family or an empty host", function()
-    raises(function() return sr.resolve("localhost", "ipx") end,
+    H.raises(function() return sr.resolve("localhost", "ipx") end,
       "bad argument #2 to 'resolve'")
-    raises(function() return sr.resolve("") end,
+    H.raises(function() return sr.resolve("") end,
       "bad argument #1 to 'resolve'")
-    raises(function() return sr.resolve() end,
+    H.raises(function() return sr.resolve() end,
       "bad argument #1 to 'resolve'")
   end)
 
   it("works inside a task", function()
-    in_task(function()
+    H.in_task(function()
       local list = assert(sr.resolve("localhost", "inet"))
       assert.is_true(has(list, "127.0.0.1"))
       local none, _, code = sr.resolve("no-such-host.invalid")

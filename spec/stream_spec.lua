@@ -9,112 +9,57 @@ local sr = H.sr
 
 local MiB = 1024 * 1024
 
-local function in_task(fn)
-  local t = sr.spawn(function() fn(); return true end)
-  local ok, err, code = t:join(20)
-  if ok == nil and code == "ETIMEDOUT" then t:cancel() end
-  assert(ok, err)
-end
+-- Tasks here move megabytes: allow them twice the usual time.
+local function in_task(fn) H.in_task(fn, 20) end
 
-local function raises(fn, ...)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  err = tostring(err)
-  for _, s in ipairs({ ... }) do
-    assert(err:find(s, 1, true), "error '" .. err .. "' lacks '" .. s .. "'")
+-- A test body: fn(c, a) on a fresh connected pair of `kind` (see H.pair),
+-- both closed when fn returns.
+local function on_pair(kind, fn)
+  return function()
+    local c, a = H.pair(kind)
+    fn(c, a)
+    c:close()
+    a:close()
   end
-  return err
 end
 
-local function assert_fail(code, ok, msg, got)
-  assert.is_nil(ok)
-  assert.is_string(msg)
-  assert.equal(code, got)
-end
 
-local function assert_eof(...)
-  local ok, msg, code = ...
-  assert.equal(3, select("#", ...))
-  assert.is_nil(ok)
-  assert.equal("end of file", msg)
-  assert.equal("EOF", code)
-end
-
--- A connected pair (client, accepted) over TCP or a unix stream socket.
--- Both get a generous timeout so that a broken test fails instead of
--- hanging.
-local function pair(kind)
-  local l, c
-  if kind == "unix" then
-    local path = H.tmppath()
-    l = assert(sr.socket("unix", "stream"))
-    assert(l:bind(path))
-    assert(l:listen())
-    c = assert(sr.socket("unix", "stream"))
-    assert(c:connect(path))
-  else
-    l = assert(sr.socket("inet", "stream"))
-    assert(l:bind("127.0.0.1", 0))
-    assert(l:listen())
-    local _, port = l:getsockname()
-    c = assert(sr.socket("inet", "stream"))
-    assert(c:connect("127.0.0.1", port))
-  end
-  local a = assert(l:accept())
-  l:close()
-  c:settimeout(10)
-  a:settimeout(10)
-  return c, a
-end
-
+after_each(H.run_deferred) -- removes the paths of unix pairs
 after_each(H.assert_clean)
 -- A test that failed half-way must not leave its sockets to the next one.
-after_each(function()
-  collectgarbage()
-  collectgarbage()
-  H.settle()
-end)
+after_each(H.collect)
 
 -- ------------------------------------------------------------------------
 
 for _, kind in ipairs({ "tcp", "unix" }) do
   describe("s:read over " .. kind, function()
     local c, a
-    before_each(function() c, a = pair(kind) end)
+    before_each(function() c, a = H.pair(kind) end)
     after_each(function()
       c:close()
       a:close()
     end)
 
-    it("reads a line without its LF with \"l\"", function()
-      a:write("one\ntwo\n")
-      assert.equal("one", c:read("l"))
-      assert.equal("two", c:read("l"))
-    end)
-
-    it("reads a line without its CRLF with \"l\"", function()
-      a:write("one\r\ntwo\r\n")
-      assert.equal("one", c:read("l"))
-      assert.equal("two", c:read("l"))
-    end)
-
-    it("keeps a lone CR inside a line", function()
-      a:write("a\rb\n")
-      assert.equal("a\rb", c:read("l"))
-    end)
-
-    it("reads an empty line", function()
-      a:write("\n\r\nx\n")
-      assert.equal("", c:read("l"))
-      assert.equal("", c:read("l"))
-      assert.equal("x", c:read("l"))
-    end)
-
-    it("reads a line with its end with \"L\"", function()
-      a:write("one\ntwo\r\n")
-      assert.equal("one\n", c:read("L"))
-      assert.equal("two\r\n", c:read("L"))
-    end)
+    -- name; what the peer writes; the format; what each read gives in turn
+    local line_cases = {
+      { "reads a line without its LF with \"l\"",
+        "one\ntwo\n", "l", { "one", "two" } },
+      { "reads a line without its CRLF with \"l\"",
+        "one\r\ntwo\r\n", "l", { "one", "two" } },
+      { "keeps a lone CR inside a line",
+        "a\rb\n", "l", { "a\rb" } },
+      { "reads an empty line",
+        "\n\r\nx\n", "l", { "", "", "x" } },
+      { "reads a line with its end with \"L\"",
+        "one\ntwo\r\n", "L", { "one\n", "two\r\n" } },
+    }
+    for _, case in ipairs(line_cases) do
+      local name, sent, format, reads = table.unpack(case)
+      it(name, function()
+        a:write(sent)
+        for _, want in ipairs(reads) do assert.equal(want, c:read(format)) end
+      end)
+    end
 
     it("accepts the old spellings \"*l\" and \"*a\"", function()
       a:write("old\nrest")
@@ -174,7 +119,7 @@ for _, kind in ipairs({ "tcp", "unix" }) do
       function()
         a:close()
         assert.equal("", c:read("a"))
-        assert_eof(c:read(0))
+        H.assert_eof(c:read(0))
       end)
 
     it("gives partial data at end of file, then nil, EOF (\"l\")", function()
@@ -182,15 +127,15 @@ for _, kind in ipairs({ "tcp", "unix" }) do
       a:close()
       assert.equal("line", c:read("l"))
       assert.equal("partial", c:read("l"))
-      assert_eof(c:read("l"))
-      assert_eof(c:read("l"))
+      H.assert_eof(c:read("l"))
+      H.assert_eof(c:read("l"))
     end)
 
     it("gives partial data at end of file, then nil, EOF (n)", function()
       a:write("short")
       a:close()
       assert.equal("short", c:read(100))
-      assert_eof(c:read(100))
+      H.assert_eof(c:read(100))
     end)
 
     it("gives partial data at end of file, then nil, EOF (no format)",
@@ -204,14 +149,14 @@ for _, kind in ipairs({ "tcp", "unix" }) do
           got = got .. d
         end
         assert.equal("tail", got)
-        assert_eof(c:read())
+        H.assert_eof(c:read())
       end)
 
     it("gives partial data at end of file, then nil, EOF (\"L\")", function()
       a:write("no newline")
       a:close()
       assert.equal("no newline", c:read("L"))
-      assert_eof(c:read("L"))
+      H.assert_eof(c:read("L"))
     end)
 
     it("reads a line spanning many small writes", function()
@@ -230,27 +175,24 @@ for _, kind in ipairs({ "tcp", "unix" }) do
     end)
 
     it("raises for an invalid format", function()
-      raises(function() return c:read("x") end,
+      H.raises(function() return c:read("x") end,
         "bad argument #1 to 'read'", "invalid format")
-      raises(function() return c:read("") end,
+      H.raises(function() return c:read("") end,
         "bad argument #1 to 'read'", "invalid format")
-      raises(function() return c:read(-1) end, "bad argument #1 to 'read'")
-      raises(function() return c:read({}) end, "bad argument #1 to 'read'")
-      raises(function() return c:read(1.5) end, "bad argument #1 to 'read'")
+      H.raises(function() return c:read(-1) end, "bad argument #1 to 'read'")
+      H.raises(function() return c:read({}) end, "bad argument #1 to 'read'")
+      H.raises(function() return c:read(1.5) end, "bad argument #1 to 'read'")
     end)
 
     it("raises for more than one format", function()
-      raises(function() return c:read("l", "l") end, "one format")
+      H.raises(function() return c:read("l", "l") end, "one format")
     end)
 
     it("returns nil, \"line too long\", \"ENOBUFS\" past setmaxline",
       function()
         assert.is_true(c:setmaxline(16))
         a:write(string.rep("x", 100))
-        local ok, msg, code = c:read("l")
-        assert.is_nil(ok)
-        assert.equal("line too long", msg)
-        assert.equal("ENOBUFS", code)
+        H.assert_fail_msg("line too long", "ENOBUFS", c:read("l"))
         -- the bytes are still there for a counted read
         assert.equal(string.rep("x", 100), c:read(100))
         a:write("short\n")
@@ -258,7 +200,7 @@ for _, kind in ipairs({ "tcp", "unix" }) do
       end)
 
     it("raises for a non-positive maxline", function()
-      raises(function() return c:setmaxline(0) end,
+      H.raises(function() return c:setmaxline(0) end,
         "bad argument #1 to 'setmaxline'")
     end)
 
@@ -270,7 +212,7 @@ for _, kind in ipairs({ "tcp", "unix" }) do
         assert.equal("task\n", c:read("L"))
         assert.equal("par", c:read(3))
         assert.equal("tial", c:read("a"))
-        assert_eof(c:read("l"))
+        H.assert_eof(c:read("l"))
       end)
     end)
   end)
@@ -279,56 +221,44 @@ end
 -- ------------------------------------------------------------------------
 
 describe("s:lines", function()
-  it("iterates over lines until end of file", function()
-    local c, a = pair("tcp")
+  it("iterates over lines until end of file", on_pair("tcp", function(c, a)
     a:write("a\nb\r\n\nlast")
     a:close()
     local got = {}
     for line in c:lines() do got[#got + 1] = line end
     assert.same({ "a", "b", "", "last" }, got)
-    c:close()
-  end)
+  end))
 
-  it("takes a format", function()
-    local c, a = pair("tcp")
+  it("takes a format", on_pair("tcp", function(c, a)
     a:write("a\nb\n")
     a:close()
     local got = {}
     for line in c:lines("L") do got[#got + 1] = line end
     assert.same({ "a\n", "b\n" }, got)
-    c:close()
-  end)
+  end))
 
-  it("takes a count", function()
-    local c, a = pair("unix")
+  it("takes a count", on_pair("unix", function(c, a)
     a:write("abcdefg")
     a:close()
     local got = {}
     for chunk in c:lines(3) do got[#got + 1] = chunk end
     assert.same({ "abc", "def", "g" }, got)
-    c:close()
-  end)
+  end))
 
-  it("ends at a read error", function()
-    local c, a = pair("tcp")
+  it("ends at a read error", on_pair("tcp", function(c, a)
     c:settimeout(0.05)
     a:write("one\n")
     local got = {}
     for line in c:lines() do got[#got + 1] = line end
     assert.same({ "one" }, got) -- then the timeout ends the loop
-    c:close()
-    a:close()
-  end)
+  end))
 
-  it("raises for an invalid format on the first call", function()
-    local c, a = pair("tcp")
-    raises(function() return c:lines("x")() end, "invalid format")
-    c:close()
-    a:close()
-  end)
+  it("raises for an invalid format on the first call",
+    on_pair("tcp", function(c, a)
+      H.raises(function() return c:lines("x")() end, "invalid format")
+    end))
 
-  it("works inside a task", function()
-    local c, a = pair("tcp")
+  it("works inside a task", on_pair("tcp", function(c, a)
     in_task(function()
       local t = sr.spawn(function()
         for i = 1, 3 do a:write("line ", i, "\n") end
@@ -339,69 +269,51 @@ describe("s:lines", function()
       assert.same({ "line 1", "line 2", "line 3" }, got)
       t:join(5)
     end)
-    c:close()
-  end)
+  end))
 end)
 
 -- ------------------------------------------------------------------------
 
 describe("s:write", function()
-  it("writes several strings in order (gather)", function()
-    local c, a = pair("tcp")
+  it("writes several strings in order (gather)", on_pair("tcp", function(c, a)
     assert.equal(c, c:write("a", "bc", "", "def", "\n"))
     assert.equal("abcdef", a:read("l"))
-    c:close()
-    a:close()
-  end)
+  end))
 
-  it("writes many strings in one call", function()
-    local c, a = pair("tcp")
+  it("writes many strings in one call", on_pair("tcp", function(c, a)
     local parts = {}
     for i = 1, 100 do parts[i] = tostring(i % 10) end
     c:write(table.unpack(parts))
     assert.equal(table.concat(parts), a:read(100))
-    c:close()
-    a:close()
-  end)
+  end))
 
-  it("writes numbers as file:write does", function()
-    local c, a = pair("tcp")
+  it("writes numbers as file:write does", on_pair("tcp", function(c, a)
     c:write(42, " ", 1.5, "\n")
     assert.equal("42 1.5", a:read("l"))
-    c:close()
-    a:close()
-  end)
+  end))
 
-  it("returns the socket so that calls chain", function()
-    local c, a = pair("unix")
+  it("returns the socket so that calls chain", on_pair("unix", function(c, a)
     local r = c:write("a"):write("b"):write("c\n")
     assert.equal(c, r)
     assert.equal("abc", a:read("l"))
-    c:close()
-    a:close()
-  end)
+  end))
 
-  it("returns the socket when given nothing to write", function()
-    local c, a = pair("tcp")
-    assert.equal(c, c:write())
-    c:close()
-    a:close()
-  end)
+  it("returns the socket when given nothing to write",
+    on_pair("tcp", function(c, a)
+      assert.equal(c, c:write())
+    end))
 
-  it("raises for an argument that is not a string or a number", function()
-    local c, a = pair("tcp")
-    raises(function() return c:write({}) end, "bad argument #1 to 'write'")
-    raises(function() return c:write("ok", true) end,
-      "bad argument #2 to 'write'")
-    raises(function() return c:write("ok", nil) end,
-      "bad argument #2 to 'write'")
-    c:close()
-    a:close()
-  end)
+  it("raises for an argument that is not a string or a number",
+    on_pair("tcp", function(c, a)
+      H.raises(function() return c:write({}) end, "bad argument #1 to 'write'")
+      H.raises(function() return c:write("ok", true) end,
+        "bad argument #2 to 'write'")
+      H.raises(function() return c:write("ok", nil) end,
+        "bad argument #2 to 'write'")
+    end))
 
   it("delivers an 8 MiB write intact to a reader in another task",
-    function()
-      local c, a = pair("tcp")
+    on_pair("tcp", function(c, a)
       local parts = {}
       for i = 1, 8 * 1024 do
         parts[i] = string.format("%10d", i) .. string.rep("-", 1013) .. "\n"
@@ -413,13 +325,10 @@ describe("s:write", function()
       local got = reader:join(20)
       assert.equal(#big, #(got or ""))
       assert.is_true(got == big)
-      c:close()
-      a:close()
-    end)
+    end))
 
   it("delivers an 8 MiB write from a task to a reader at top level",
-    function()
-      local c, a = pair("unix")
+    on_pair("unix", function(c, a)
       local big = string.rep("0123456789abcdef", MiB / 2)
       local writer = sr.spawn(function()
         c:write(big)
@@ -430,12 +339,10 @@ describe("s:write", function()
       assert.equal(#big, #got)
       assert.is_true(got == big)
       assert.is_true(writer:join(10))
-      a:close()
-    end)
+    end))
 
   it("waits above the high-water mark and times out with ETIMEDOUT",
-    function()
-      local c, a = pair("tcp")
+    on_pair("tcp", function(c, a)
       c:settimeouts(nil, nil, 0.1)
       local chunk = string.rep("w", 256 * 1024)
       local ok, msg, code
@@ -443,33 +350,29 @@ describe("s:write", function()
         ok, msg, code = c:write(chunk)
         if not ok then break end
       end
-      assert.is_nil(ok)
-      assert.equal("timeout", msg)
-      assert.equal("ETIMEDOUT", code)
-      c:close()
-      a:close()
-    end)
+      H.assert_timeout(ok, msg, code)
+    end))
 
-  it("returns nil, msg, code when the peer reset the connection", function()
-    local c, a = pair("tcp")
-    assert(a:setsockopt("linger", 0)) -- close sends RST
-    a:close()
-    local ok, msg, code
-    for _ = 1, 100 do
-      ok, msg, code = c:write(string.rep("r", 64 * 1024))
-      if not ok then break end
-      sr.sleep(0.01)
-    end
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.is_true(code == "EPIPE" or code == "ECONNRESET",
-      "unexpected code " .. tostring(code))
-    -- the process is still here, and the socket still answers
-    ok, msg, code = c:write("again")
-    assert.is_nil(ok)
-    assert.is_true(code == "EPIPE" or code == "ECONNRESET")
-    assert.is_true(c:close())
-  end)
+  it("returns nil, msg, code when the peer reset the connection",
+    on_pair("tcp", function(c, a)
+      assert(a:setsockopt("linger", 0)) -- close sends RST
+      a:close()
+      local ok, msg, code
+      for _ = 1, 100 do
+        ok, msg, code = c:write(string.rep("r", 64 * 1024))
+        if not ok then break end
+        sr.sleep(0.01)
+      end
+      assert.is_nil(ok)
+      assert.is_string(msg)
+      assert.is_true(code == "EPIPE" or code == "ECONNRESET",
+        "unexpected code " .. tostring(code))
+      -- the process is still here, and the socket still answers
+      ok, msg, code = c:write("again")
+      assert.is_nil(ok)
+      assert.is_true(code == "EPIPE" or code == "ECONNRESET")
+      assert.is_true(c:close())
+    end))
 
   it("does not kill the binary when the peer resets", function()
     local out, err, status = H.run_script([[
@@ -494,146 +397,116 @@ describe("s:write", function()
       srv:close() -- even on failure, so that the process can end
       assert(ok, e)
       print("alive")
-    ]], "", 10)
+    ]], "", { timeout = 10 })
     assert.equal(0, status, err)
     assert.matches("write\tnil\tE[A-Z]+", out)
     assert.matches("alive", out)
   end)
 
-  it("writes inside a task", function()
-    local c, a = pair("tcp")
+  it("writes inside a task", on_pair("tcp", function(c, a)
     in_task(function()
       assert.equal(c, c:write("x", 1, "y\n"))
       assert.equal("x1y", a:read("l"))
     end)
-    c:close()
-    a:close()
-  end)
+  end))
 end)
 
 -- ------------------------------------------------------------------------
 
 describe("s:shutdown", function()
-  it("makes the peer read end of file after the data sent", function()
-    local c, a = pair("tcp")
-    c:write("before shutdown\n")
-    assert.is_true(c:shutdown())
-    assert.equal("before shutdown", a:read("l"))
-    assert_eof(a:read("l"))
-    c:close()
-    a:close()
-  end)
+  it("makes the peer read end of file after the data sent",
+    on_pair("tcp", function(c, a)
+      c:write("before shutdown\n")
+      assert.is_true(c:shutdown())
+      assert.equal("before shutdown", a:read("l"))
+      H.assert_eof(a:read("l"))
+    end))
 
-  it("leaves the half-closed socket readable", function()
-    local c, a = pair("tcp")
+  it("leaves the half-closed socket readable", on_pair("tcp", function(c, a)
     c:write("question\n")
     assert.is_true(c:shutdown())
     assert.equal("question\n", a:read("a"))
     a:write("answer\n")
     a:close()
     assert.equal("answer", c:read("l"))
-    assert_eof(c:read("l"))
-    c:close()
-  end)
+    H.assert_eof(c:read("l"))
+  end))
 
-  it("makes a later write return nil, msg, \"EPIPE\"", function()
-    local c, a = pair("tcp")
-    assert.is_true(c:shutdown())
-    local ok, msg, code = c:write("too late")
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.equal("EPIPE", code)
-    assert.equal("", a:read("a"))
-    c:close()
-    a:close()
-  end)
+  it("makes a later write return nil, msg, \"EPIPE\"",
+    on_pair("tcp", function(c, a)
+      assert.is_true(c:shutdown())
+      H.assert_fail("EPIPE", c:write("too late"))
+      assert.equal("", a:read("a"))
+    end))
 
-  it("is harmless when called twice", function()
-    local c, a = pair("unix")
+  it("is harmless when called twice", on_pair("unix", function(c, a)
     assert.is_true(c:shutdown())
     assert.is_true(c:shutdown())
     assert.equal("", a:read("a"))
-    c:close()
-    a:close()
-  end)
+  end))
 
-  it("flushes a queued large write before the end of file", function()
-    local c, a = pair("tcp")
-    local big = string.rep("s", 4 * MiB)
-    local reader = sr.spawn(function() return a:read("a") end)
-    c:write(big)
-    assert.is_true(c:shutdown())
-    local got = reader:join(20)
-    assert.equal(#big, #(got or ""))
-    c:close()
-    a:close()
-  end)
+  it("flushes a queued large write before the end of file",
+    on_pair("tcp", function(c, a)
+      local big = string.rep("s", 4 * MiB)
+      local reader = sr.spawn(function() return a:read("a") end)
+      c:write(big)
+      assert.is_true(c:shutdown())
+      local got = reader:join(20)
+      assert.equal(#big, #(got or ""))
+    end))
 
   it("returns nil, msg, code on an unconnected socket", function()
     local s = assert(sr.socket("inet", "stream"))
-    local ok, msg, code = s:shutdown()
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.is_string(code)
+    H.assert_fail(nil, s:shutdown())
     s:close()
   end)
 
-  it("works inside a task", function()
-    local c, a = pair("tcp")
+  it("works inside a task", on_pair("tcp", function(c, a)
     in_task(function()
       c:write("bye")
       assert.is_true(c:shutdown())
       assert.equal("bye", a:read("a"))
-      assert_fail("EPIPE", c:write("x"))
+      H.assert_fail("EPIPE", c:write("x"))
     end)
-    c:close()
-    a:close()
-  end)
+  end))
 end)
 
 -- ------------------------------------------------------------------------
 
 describe("one reader per socket", function()
-  it("raises a \"busy\" error for a second task reading", function()
-    local c, a = pair("tcp")
-    local first = sr.spawn(function() return c:read("l") end)
-    assert.equal("waiting", first:status())
-    local second = sr.spawn(function()
-      return pcall(c.read, c, "l")
-    end)
-    local ok, err = second:join(5)
-    assert.is_false(ok)
-    assert.matches("busy", tostring(err))
-    a:write("for the first\n")
-    assert.equal("for the first", first:join(5))
-    c:close()
-    a:close()
-  end)
+  it("raises a \"busy\" error for a second task reading",
+    on_pair("tcp", function(c, a)
+      local first = sr.spawn(function() return c:read("l") end)
+      assert.equal("waiting", first:status())
+      local second = sr.spawn(function()
+        return pcall(c.read, c, "l")
+      end)
+      local ok, err = second:join(5)
+      assert.is_false(ok)
+      assert.matches("busy", tostring(err))
+      a:write("for the first\n")
+      assert.equal("for the first", first:join(5))
+    end))
 
-  it("raises a \"busy\" error at top level while a task reads", function()
-    local c, a = pair("tcp")
-    local first = sr.spawn(function() return c:read("l") end)
-    raises(function() return c:read("l") end, "busy")
-    a:write("still first\n")
-    assert.equal("still first", first:join(5))
-    c:close()
-    a:close()
-  end)
+  it("raises a \"busy\" error at top level while a task reads",
+    on_pair("tcp", function(c, a)
+      local first = sr.spawn(function() return c:read("l") end)
+      H.raises(function() return c:read("l") end, "busy")
+      a:write("still first\n")
+      assert.equal("still first", first:join(5))
+    end))
 
-  it("lets another task read once the first is done", function()
-    local c, a = pair("tcp")
-    a:write("1\n2\n")
-    local t1 = sr.spawn(function() return c:read("l") end)
-    assert.equal("1", t1:join(5))
-    local t2 = sr.spawn(function() return c:read("l") end)
-    assert.equal("2", t2:join(5))
-    c:close()
-    a:close()
-  end)
+  it("lets another task read once the first is done",
+    on_pair("tcp", function(c, a)
+      a:write("1\n2\n")
+      local t1 = sr.spawn(function() return c:read("l") end)
+      assert.equal("1", t1:join(5))
+      local t2 = sr.spawn(function() return c:read("l") end)
+      assert.equal("2", t2:join(5))
+    end))
 
   it("frees the socket for another reader when the reader is cancelled",
-    function()
-      local c, a = pair("tcp")
+    on_pair("tcp", function(c, a)
       local first = sr.spawn(function() return c:read("l") end)
       assert.equal("waiting", first:status())
       assert.is_true(first:cancel())
@@ -641,33 +514,27 @@ describe("one reader per socket", function()
       a:write("for the second\n")
       local second = sr.spawn(function() return c:read("l") end)
       assert.equal("for the second", second:join(5))
-      c:close()
-      a:close()
-    end)
+    end))
 
-  it("frees the socket for another reader after a timeout", function()
-    local c, a = pair("tcp")
-    local first = sr.spawn(function()
-      c:settimeout(0.02)
-      return c:read("l")
-    end)
-    assert.same({ nil, "timeout", "ETIMEDOUT" }, { first:join(5) })
-    c:settimeout(5)
-    a:write("next\n")
-    assert.equal("next", c:read("l"))
-    c:close()
-    a:close()
-  end)
+  it("frees the socket for another reader after a timeout",
+    on_pair("tcp", function(c, a)
+      local first = sr.spawn(function()
+        c:settimeout(0.02)
+        return c:read("l")
+      end)
+      assert.same({ nil, "timeout", "ETIMEDOUT" }, { first:join(5) })
+      c:settimeout(5)
+      a:write("next\n")
+      assert.equal("next", c:read("l"))
+    end))
 
-  it("allows reading in one task while another writes", function()
-    local c, a = pair("tcp")
-    local reader = sr.spawn(function() return c:read("l") end)
-    local writer = sr.spawn(function() return c:write("ping\n") == c end)
-    assert.is_true(writer:join(5))
-    assert.equal("ping", a:read("l"))
-    a:write("pong\n")
-    assert.equal("pong", reader:join(5))
-    c:close()
-    a:close()
-  end)
+  it("allows reading in one task while another writes",
+    on_pair("tcp", function(c, a)
+      local reader = sr.spawn(function() return c:read("l") end)
+      local writer = sr.spawn(function() return c:write("ping\n") == c end)
+      assert.is_true(writer:join(5))
+      assert.equal("ping", a:read("l"))
+      a:write("pong\n")
+      assert.equal("pong", reader:join(5))
+    end))
 end)

@@ -7,37 +7,6 @@ local sr = H.sr
 
 -- Helpers local to this file ---------------------------------------------
 
-local function in_task(fn)
-  local t = sr.spawn(function() fn(); return true end)
-  local ok, err, code = t:join(10)
-  if ok == nil and code == "ETIMEDOUT" then t:cancel() end
-  assert(ok, err)
-end
-
-local function raises(fn, ...)
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  err = tostring(err)
-  for _, s in ipairs({ ... }) do
-    assert(err:find(s, 1, true), "error '" .. err .. "' lacks '" .. s .. "'")
-  end
-  return err
-end
-
-local function assert_fail(code, ok, msg, got)
-  assert.is_nil(ok)
-  assert.is_string(msg)
-  assert.equal(code, got)
-end
-
-local function assert_closed(...)
-  local ok, msg, code = ...
-  assert.equal(3, select("#", ...))
-  assert.is_nil(ok)
-  assert.equal("socket is closed", msg)
-  assert.equal("EBADF", code)
-end
-
 local function exists(path)
   local f = io.open(path, "r")
   if f then f:close() end
@@ -46,50 +15,50 @@ local function exists(path)
   return f ~= nil or (err ~= nil and not err:find("No such file", 1, true))
 end
 
--- Paths this file made; removed after each test whatever happened.
-local paths = {}
-local function tmppath(name)
-  local p = H.tmppath(name)
-  paths[#paths + 1] = p
-  return p
-end
-
 local abstract_n = 0
 local function abstract()
   abstract_n = abstract_n + 1
   return string.format("@sockrun-spec-%d-%d", H.pid(), abstract_n)
 end
 
--- An echo handler for sr.listen: every line back.
-local function echo(c)
-  for line in c:lines("L") do c:write(line) end
-end
-
 -- A unix datagram socket bound to a fresh path, with a timeout.
 local function dgram(path)
   local s = assert(sr.socket("unix", "dgram"))
-  path = path or tmppath("dgram")
+  path = path or H.tmppath("dgram")
   assert.is_true(s:bind(path))
   s:settimeout(5)
   return s, path
 end
 
+-- Binding a second unix socket of `kind` to a path in use gives EADDRINUSE.
+local function check_bind_in_use(kind)
+  local path = H.tmppath()
+  local a = assert(sr.socket("unix", kind))
+  assert.is_true(a:bind(path))
+  local b = assert(sr.socket("unix", kind))
+  H.assert_fail("EADDRINUSE", b:bind(path))
+  a:close()
+  b:close()
+end
+
+-- Connecting a unix socket of `kind` to a missing path gives ENOENT.
+local function check_connect_missing(kind)
+  local s = assert(sr.socket("unix", kind))
+  H.assert_fail("ENOENT", s:connect(H.tmppath("missing")))
+  s:close()
+end
+
 after_each(H.assert_clean)
 -- A test that failed half-way must not leave its sockets to the next one.
-after_each(function()
-  collectgarbage()
-  collectgarbage()
-  H.settle()
-  for _, p in ipairs(paths) do os.remove(p) end
-  paths = {}
-end)
+after_each(H.collect)
+after_each(H.run_deferred) -- removes the paths
 
 -- ------------------------------------------------------------------------
 
 describe("unix stream sockets with sr.listen and sr.connect", function()
   it("echo over a path", function()
-    local path = tmppath()
-    local srv = assert(sr.listen(path, echo))
+    local path = H.tmppath()
+    local srv = assert(sr.listen(path, H.echo))
     local c = assert(sr.connect(path))
     c:settimeout(5)
     assert.equal("unix", (c:family()))
@@ -101,7 +70,7 @@ describe("unix stream sockets with sr.listen and sr.connect", function()
 
   it("pass the peer path (\"\" for an unnamed peer) to the handler",
     function()
-      local path = tmppath()
+      local path = H.tmppath()
       local seen
       local srv = assert(sr.listen(path, function(conn, peer)
         seen = peer
@@ -116,8 +85,8 @@ describe("unix stream sockets with sr.listen and sr.connect", function()
     end)
 
   it("serve several clients at once", function()
-    local path = tmppath()
-    local srv = assert(sr.listen(path, echo))
+    local path = H.tmppath()
+    local srv = assert(sr.listen(path, H.echo))
     local clients = {}
     for i = 1, 5 do
       clients[i] = assert(sr.connect(path))
@@ -132,45 +101,36 @@ describe("unix stream sockets with sr.listen and sr.connect", function()
   end)
 
   it("remove the path when the listening socket closes", function()
-    local path = tmppath()
-    local srv = assert(sr.listen(path, echo))
+    local path = H.tmppath()
+    local srv = assert(sr.listen(path, H.echo))
     assert.is_true(exists(path))
     srv:close()
     assert.is_false(exists(path))
   end)
 
   it("sr.listen returns nil, msg, EADDRINUSE for a path in use", function()
-    local path = tmppath()
-    local srv = assert(sr.listen(path, echo))
-    local s2, msg, code = sr.listen(path, echo)
-    assert.is_nil(s2)
-    assert.is_string(msg)
-    assert.equal("EADDRINUSE", code)
+    local path = H.tmppath()
+    local srv = assert(sr.listen(path, H.echo))
+    H.assert_fail("EADDRINUSE", sr.listen(path, H.echo))
     srv:close()
   end)
 
   it("sr.connect returns nil, msg, ENOENT for a missing path", function()
-    local s, msg, code = sr.connect(tmppath("missing"))
-    assert.is_nil(s)
-    assert.is_string(msg)
-    assert.equal("ENOENT", code)
+    H.assert_fail("ENOENT", sr.connect(H.tmppath("missing")))
   end)
 
   it("sr.connect returns nil, msg, ECONNREFUSED when nobody listens",
     function()
-      local path = tmppath()
+      local path = H.tmppath()
       local bound = assert(sr.socket("unix", "stream"))
       assert(bound:bind(path))
-      local s, msg, code = sr.connect(path)
-      assert.is_nil(s)
-      assert.is_string(msg)
-      assert.equal("ECONNREFUSED", code)
+      H.assert_fail("ECONNREFUSED", sr.connect(path))
       bound:close()
     end)
 
   it("sr.connect takes opts.timeout", function()
-    local path = tmppath()
-    local srv = assert(sr.listen(path, echo))
+    local path = H.tmppath()
+    local srv = assert(sr.listen(path, H.echo))
     local c = assert(sr.connect(path, { timeout = 5 }))
     assert.equal("t", c:write("t\n"):read("l"))
     c:close()
@@ -179,22 +139,22 @@ describe("unix stream sockets with sr.listen and sr.connect", function()
 
   it("raise for a path that is too long", function()
     local long = "/tmp/" .. string.rep("x", 200)
-    raises(function() return sr.listen(long, echo) end, "too long")
-    raises(function() return sr.connect(long) end, "too long")
+    H.raises(function() return sr.listen(long, H.echo) end, "too long")
+    H.raises(function() return sr.connect(long) end, "too long")
   end)
 
   it("raise for a bad path or handler", function()
-    raises(function() return sr.connect("") end, "bad argument #1")
-    raises(function() return sr.listen("", echo) end, "bad argument #1")
-    raises(function() return sr.listen(tmppath(), "echo") end,
+    H.raises(function() return sr.connect("") end, "bad argument #1")
+    H.raises(function() return sr.listen("", H.echo) end, "bad argument #1")
+    H.raises(function() return sr.listen(H.tmppath(), "echo") end,
       "bad argument #2 to 'listen'")
-    raises(function() return sr.connect(tmppath(), "opts") end,
+    H.raises(function() return sr.connect(H.tmppath(), "opts") end,
       "bad argument #2 to 'connect'")
   end)
 
   it("work in the abstract namespace with \"@name\"", function()
     local name = abstract()
-    local srv = assert(sr.listen(name, echo))
+    local srv = assert(sr.listen(name, H.echo))
     assert.equal(name, (srv:getsockname()))
     assert.is_false(exists(name))
     local c = assert(sr.connect(name))
@@ -203,19 +163,19 @@ describe("unix stream sockets with sr.listen and sr.connect", function()
     assert.equal("abstract", c:write("abstract\n"):read("l"))
     c:close()
     srv:close()
-    assert_fail("ECONNREFUSED", sr.connect(name))
+    H.assert_fail("ECONNREFUSED", sr.connect(name))
   end)
 
   it("work inside a task", function()
-    local path = tmppath()
-    in_task(function()
-      local srv = assert(sr.listen(path, echo))
+    local path = H.tmppath()
+    H.in_task(function()
+      local srv = assert(sr.listen(path, H.echo))
       local c = assert(sr.connect(path))
       c:settimeout(5)
       assert.equal("in task", c:write("in task\n"):read("l"))
       c:close()
       srv:close()
-      assert_fail("ENOENT", sr.connect(path))
+      H.assert_fail("ENOENT", sr.connect(path))
     end)
   end)
 end)
@@ -224,7 +184,7 @@ end)
 
 describe("unix stream sockets with the raw calls", function()
   it("bind, listen, accept and connect", function()
-    local path = tmppath()
+    local path = H.tmppath()
     local l = assert(sr.socket("unix", "stream"))
     assert.is_true(l:bind(path))
     assert.is_true(l:listen())
@@ -250,7 +210,7 @@ describe("unix stream sockets with the raw calls", function()
   end)
 
   it("accept returns the peer's path when the client is bound", function()
-    local path, cpath = tmppath("srv"), tmppath("cli")
+    local path, cpath = H.tmppath("srv"), H.tmppath("cli")
     local l = assert(sr.socket("unix", "stream"))
     assert(l:bind(path))
     assert(l:listen())
@@ -267,7 +227,7 @@ describe("unix stream sockets with the raw calls", function()
 
   it("remove the path of a forgotten listener when it is collected",
     function()
-      local path = tmppath()
+      local path = H.tmppath()
       do
         local l = assert(sr.socket("unix", "stream"))
         assert(l:bind(path))
@@ -281,40 +241,29 @@ describe("unix stream sockets with the raw calls", function()
     end)
 
   it("bind fails with EADDRINUSE on an existing path", function()
-    local path = tmppath()
-    local a = assert(sr.socket("unix", "stream"))
-    assert(a:bind(path))
-    local b = assert(sr.socket("unix", "stream"))
-    assert_fail("EADDRINUSE", b:bind(path))
-    a:close()
-    b:close()
+    check_bind_in_use("stream")
   end)
 
   it("connect returns nil, msg, ENOENT for a missing path", function()
-    local c = assert(sr.socket("unix", "stream"))
-    local ok, msg, code = c:connect(tmppath("missing"))
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.equal("ENOENT", code)
-    c:close()
+    check_connect_missing("stream")
   end)
 
   it("raises for a path that is too long", function()
     local s = assert(sr.socket("unix", "stream"))
     local long = "/tmp/" .. string.rep("y", 120)
-    raises(function() return s:bind(long) end,
+    H.raises(function() return s:bind(long) end,
       "bad argument #1 to 'bind'", "too long")
-    raises(function() return s:connect(long) end,
+    H.raises(function() return s:connect(long) end,
       "bad argument #1 to 'connect'", "too long")
     s:close()
   end)
 
   it("raises for an empty path or one with a zero byte", function()
     local s = assert(sr.socket("unix", "stream"))
-    raises(function() return s:bind("") end, "bad argument #1 to 'bind'")
-    raises(function() return s:bind("/tmp/a\0b") end,
+    H.raises(function() return s:bind("") end, "bad argument #1 to 'bind'")
+    H.raises(function() return s:bind("/tmp/a\0b") end,
       "bad argument #1 to 'bind'")
-    raises(function() return s:connect({}) end,
+    H.raises(function() return s:connect({}) end,
       "bad argument #1 to 'connect'")
     s:close()
   end)
@@ -335,7 +284,7 @@ describe("unix stream sockets with the raw calls", function()
   end)
 
   it("accept waits inside a task", function()
-    local path = tmppath()
+    local path = H.tmppath()
     local l = assert(sr.socket("unix", "stream"))
     assert(l:bind(path))
     assert(l:listen())
@@ -360,9 +309,7 @@ end)
 
 describe("unix datagram sockets", function()
   it("carry datagrams between two bound sockets with their paths",
-    function()
-      local a, apath = dgram()
-      local b, bpath = dgram()
+    H.on_two(dgram, function(a, apath, b, bpath)
       assert.equal(apath, (a:getsockname()))
       assert.is_true(a:sendto("to b", bpath))
       local data, from = b:recvfrom()
@@ -370,18 +317,12 @@ describe("unix datagram sockets", function()
       assert.equal(apath, from)
       assert.is_true(b:sendto("to a", from))
       assert.same({ "to a", bpath }, { a:recvfrom() })
-      a:close()
-      b:close()
-    end)
+    end))
 
-  it("keep datagram boundaries", function()
-    local a = dgram()
-    local b, bpath = dgram()
+  it("keep datagram boundaries", H.on_two(dgram, function(a, apath, b, bpath)
     for i = 1, 10 do assert(a:sendto(string.rep("d", i), bpath)) end
     for i = 1, 10 do assert.equal(string.rep("d", i), (b:recvfrom())) end
-    a:close()
-    b:close()
-  end)
+  end))
 
   it("give \"\" as the sender of an unbound socket", function()
     local b, bpath = dgram()
@@ -394,20 +335,17 @@ describe("unix datagram sockets", function()
     b:close()
   end)
 
-  it("connect sets the peer for write, read and sendto", function()
-    local a, apath = dgram()
-    local b, bpath = dgram()
-    assert.is_true(a:connect(bpath))
-    assert.equal(bpath, (a:getpeername()))
-    assert.equal(a, a:write("via ", "write"))
-    assert.same({ "via write", apath }, { b:recvfrom() })
-    assert.is_true(a:sendto("via sendto"))
-    assert.equal("via sendto", (b:recvfrom()))
-    b:sendto("reply", apath)
-    assert.equal("reply", a:read())
-    a:close()
-    b:close()
-  end)
+  it("connect sets the peer for write, read and sendto",
+    H.on_two(dgram, function(a, apath, b, bpath)
+      assert.is_true(a:connect(bpath))
+      assert.equal(bpath, (a:getpeername()))
+      assert.equal(a, a:write("via ", "write"))
+      assert.same({ "via write", apath }, { b:recvfrom() })
+      assert.is_true(a:sendto("via sendto"))
+      assert.equal("via sendto", (b:recvfrom()))
+      b:sendto("reply", apath)
+      assert.equal("reply", a:read())
+    end))
 
   it("an unbound connected socket can write", function()
     local b, bpath = dgram()
@@ -430,49 +368,34 @@ describe("unix datagram sockets", function()
     b:close()
   end)
 
-  it("recvfrom times out with ETIMEDOUT and still works after", function()
-    local a = dgram()
-    local b, bpath = dgram()
-    b:settimeout(0.05)
-    local ok, msg, code = b:recvfrom()
-    assert.is_nil(ok)
-    assert.equal("timeout", msg)
-    assert.equal("ETIMEDOUT", code)
-    a:sendto("later", bpath)
-    assert.equal("later", (b:recvfrom()))
-    a:close()
-    b:close()
-  end)
+  it("recvfrom times out with ETIMEDOUT and still works after",
+    H.on_two(dgram, function(a, apath, b, bpath)
+      b:settimeout(0.05)
+      H.assert_timeout(b:recvfrom())
+      a:sendto("later", bpath)
+      assert.equal("later", (b:recvfrom()))
+    end))
 
   it("sendto returns nil, msg, ENOENT for a missing path", function()
     local a = dgram()
-    local ok, msg, code = a:sendto("lost", tmppath("missing"))
-    assert.is_nil(ok)
-    assert.is_string(msg)
-    assert.equal("ENOENT", code)
+    H.assert_fail("ENOENT", a:sendto("lost", H.tmppath("missing")))
     a:close()
   end)
 
   it("connect returns nil, msg, ENOENT for a missing path", function()
-    local a = assert(sr.socket("unix", "dgram"))
-    assert_fail("ENOENT", a:connect(tmppath("missing")))
-    a:close()
+    check_connect_missing("dgram")
   end)
 
   it("bind fails with EADDRINUSE on an existing path", function()
-    local a, path = dgram()
-    local b = assert(sr.socket("unix", "dgram"))
-    assert_fail("EADDRINUSE", b:bind(path))
-    a:close()
-    b:close()
+    check_bind_in_use("dgram")
   end)
 
   it("raise for a path that is too long", function()
     local a = dgram()
     local long = "/tmp/" .. string.rep("z", 150)
-    raises(function() return a:sendto("x", long) end,
+    H.raises(function() return a:sendto("x", long) end,
       "bad argument #2 to 'sendto'", "too long")
-    raises(function() return a:bind(long) end,
+    H.raises(function() return a:bind(long) end,
       "bad argument #1 to 'bind'", "too long")
     a:close()
   end)
@@ -480,15 +403,13 @@ describe("unix datagram sockets", function()
   it("answer EBADF on a closed socket", function()
     local a = dgram()
     a:close()
-    assert_closed(a:sendto("x", "/tmp/x"))
-    assert_closed(a:recvfrom())
-    assert_closed(a:read())
+    H.assert_closed(a:sendto("x", "/tmp/x"))
+    H.assert_closed(a:recvfrom())
+    H.assert_closed(a:read())
   end)
 
-  it("work inside a task", function()
-    local a = dgram()
-    local b, bpath = dgram()
-    in_task(function()
+  it("work inside a task", H.on_two(dgram, function(a, apath, b, bpath)
+    H.in_task(function()
       local echo_task = sr.spawn(function()
         local data, from = b:recvfrom()
         b:sendto(data:reverse(), from)
@@ -497,7 +418,5 @@ describe("unix datagram sockets", function()
       assert.same({ "hello", bpath }, { a:recvfrom() })
       echo_task:join(5)
     end)
-    a:close()
-    b:close()
-  end)
+  end))
 end)

@@ -24,10 +24,17 @@
 
 /* A socket's write queue above this many bytes makes write() wait. */
 #define SR_WRITE_HIGH_WATER (1024 * 1024)
+/* Writes from tasks up to this size are gathered (see stream.c), while a
+** socket has less than SR_GATHER_LIMIT gathered. */
+#define SR_GATHER_MAX (16 * 1024)
+#define SR_GATHER_LIMIT (64 * 1024)
 /* Reading goes on in the background until this many bytes are unread. */
 #define SR_READ_HIGH_WATER (64 * 1024)
 /* Default bound on a line read with "l"/"L" (s:setoption to change). */
 #define SR_DEFAULT_MAXLINE (1024 * 1024)
+/* How long a closed socket may take to flush its queued writes when it
+** has no write timeout; then what is left is dropped. */
+#define SR_CLOSE_LINGER_MS (30 * 1000)
 /* Size of the loop-wide buffer every stream read lands in first. */
 #define SR_READ_CHUNK (64 * 1024)
 
@@ -73,6 +80,8 @@ struct sr_loop {
   lua_State *R;      /* the thread that entered uv_run (runs callbacks) */
   sr_task *current;  /* the task running now, NULL outside tasks */
   sr_task main;      /* pseudo-task for blocking calls outside tasks */
+  uv_prepare_t flusher; /* sends gathered writes before each poll */
+  sr_socket *dirty;      /* sockets with gathered bytes */
   int running;       /* > 0 while inside uv_run */
   int stopped;       /* sr.stop() was called */
   int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
@@ -112,6 +121,8 @@ struct sr_socket {
   unsigned eof : 1;
   unsigned shut : 1;     /* shutdown() issued */
   unsigned nbio_ref : 1; /* handle currently uv_ref'd */
+  unsigned borrowed : 1; /* buf is the loop's read buffer, lent */
+  unsigned dirty : 1;    /* on the loop's dirty list */
   int rerr;              /* sticky read error (UV_E*), reported after data */
   int werr;              /* sticky write error from a queued write */
   int accept_status;     /* > 0: a connection is pending; < 0: an error */
@@ -129,6 +140,10 @@ struct sr_socket {
   size_t maxline;
   double timeout[3]; /* connect, read, write; < 0 means none */
   char *path;        /* unix path we bound, unlinked at close */
+  uv_timer_t *linger; /* bounds the flush of a closed socket */
+  char *wbuf;         /* gathered bytes, not yet given to the kernel */
+  size_t wlen, wcap;
+  sr_socket *next_dirty; /* link in the loop's list of such sockets */
   uv_connect_t creq;
 };
 
@@ -154,6 +169,8 @@ double sr__opt_seconds(lua_State *L, int arg);
 
 /* loop.c */
 int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode);
+void sr__loop_flush_cb(uv_prepare_t *h);
+void sr__loop_flush(sr_loop *lp);
 void sr__sigpipe_block(sr_loop *lp, sigset_t *saved);
 void sr__sigpipe_restore(sr_loop *lp, const sigset_t *saved);
 __attribute__((visibility("default"))) int luaopen_sockrun_core(lua_State *L);
@@ -181,11 +198,17 @@ void sr__socket_open(lua_State *L, sr_loop *lp);
 void sr__socket_finish_close(sr_socket *s);
 void sr__socket_close_cb(uv_handle_t *h);
 
-/* stream.c */
+/* stream.c; the buffer and framing functions are also what the fuzz
+** target (spec/fuzz/framing.c) drives */
+typedef enum { SR_READ_ANY, SR_READ_LINE, SR_READ_ALL, SR_READ_COUNT } sr_fmt;
+int sr__stream_append(sr_socket *s, const char *p, size_t n);
+int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
+                        int keep);
 void sr__stream_start(sr_socket *s);
 void sr__stream_release(sr_socket *s);
 int sr__stream_read(lua_State *L);
 int sr__stream_write(lua_State *L);
+int sr__stream_flush(sr_socket *s);
 int sr__stream_shutdown(lua_State *L);
 
 /* dgram.c */

@@ -55,6 +55,19 @@ int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode) {
   return alive;
 }
 
+/* Send what tasks gathered on each socket, one write a socket: when a
+** task is about to block (sr__self), and before each poll as a backstop. Running only while sockets are on the list, it keeps the loop
+** alive for one more iteration when a task's last act was a write. */
+void sr__loop_flush(sr_loop *lp) {
+  sr_socket *s;
+  while ((s = lp->dirty) != NULL) {
+    if (sr__stream_flush(s) < 0) sr__socket_wake(&s->writer, 0);
+  }
+  uv_prepare_stop(&lp->flusher);
+}
+
+void sr__loop_flush_cb(uv_prepare_t *h) { sr__loop_flush(h->loop->data); }
+
 static void sr_check_can_run(lua_State *L, sr_loop *lp, const char *what) {
   if (lp->running > 0 || lp->current != NULL)
     luaL_error(L,
@@ -135,6 +148,10 @@ static void sr_free_close_cb(uv_handle_t *h) {
 static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
   (void)arg;
   if (uv_is_closing(h)) return;
+  if (h == (uv_handle_t *)&((sr_loop *)h->loop->data)->flusher) {
+    uv_close(h, NULL); /* part of the loop struct */
+    return;
+  }
   switch (h->type) {
     case UV_TCP:
     case UV_NAMED_PIPE:
@@ -205,6 +222,7 @@ static sr_loop *sr_loop_get(lua_State *L) {
     luaL_error(L, "cannot initialise the event loop");
   }
   lp->uv.data = lp;
+  uv_prepare_init(&lp->uv, &lp->flusher);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   lp->L = lua_tothread(L, -1);
   lua_pop(L, 1);

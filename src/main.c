@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "lualib.h"
@@ -190,9 +191,12 @@ static int sr_pmain(lua_State *L) {
   luaL_openlibs(L);
   sr_preload(L);
   sr_create_arg(L, a);
+  lua_warning(L, "@on", 0); /* report errors in __gc, as lua5.4 -W does */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "sockrun");
   lua_call(L, 1, 1);
+  lua_getfield(L, -1, "_runner_setup");
+  lua_call(L, 0, 0);
   lua_getfield(L, -1, "spawn");
   lua_pushlightuserdata(L, a);
   lua_pushcclosure(L, sr_main_body, 1);
@@ -205,6 +209,16 @@ static int sr_pmain(lua_State *L) {
   failed = strcmp(lua_tostring(L, -1), "failed") == 0;
   lua_pushboolean(L, failed);
   return 1;
+}
+
+/* A server holds a descriptor per connection: take the hard limit on open
+** files, not the usual soft 1024. */
+static void sr_raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
 }
 
 int main(int argc, char **argv) {
@@ -236,6 +250,7 @@ int main(int argc, char **argv) {
   }
   /* A peer that goes away must not kill the process. */
   signal(SIGPIPE, SIG_IGN);
+  sr_raise_nofile();
   L = luaL_newstate();
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n",

@@ -25,7 +25,8 @@
 void sr__socket_close_cb(uv_handle_t *h) {
   sr_socket *s = h->data;
   s->loop->nsockets--;
-  free(s->buf);
+  if (!s->borrowed) free(s->buf);
+  free(s->wbuf);
   free(s->path);
   free(s);
 }
@@ -60,6 +61,22 @@ static void sr_socket_uv_close(sr_socket *s) {
   uv_close(&s->h.handle, sr__socket_close_cb);
 }
 
+static void sr_linger_close_cb(uv_handle_t *h) { free(h); }
+
+static void sr_linger_stop(sr_socket *s) {
+  if (s->linger != NULL) {
+    uv_close((uv_handle_t *)s->linger, sr_linger_close_cb);
+    s->linger = NULL;
+  }
+}
+
+/* The flush of a closed socket took too long: drop what is left. */
+static void sr_linger_cb(uv_timer_t *timer) {
+  sr_socket *s = timer->data;
+  sr_linger_stop(s);
+  sr_socket_uv_close(s);
+}
+
 void sr__socket_close(sr_socket *s) {
   if (s->closed) return;
   s->closed = 1;
@@ -68,6 +85,18 @@ void sr__socket_close(sr_socket *s) {
   sr__socket_wake(&s->writer, UV_EBADF);
   if (s->kind != SR_DGRAM) sr__stream_release(s);
   if (s->kind != SR_DGRAM && s->nwrites > 0 && s->werr == 0) {
+    /* Flush what is queued first, as a file's close does, but not for
+    ** ever: a peer that stops reading gets the write timeout (or
+    ** SR_CLOSE_LINGER_MS) and then the rest is dropped. */
+    double t = s->timeout[SR_TWRITE];
+    uint64_t ms = t >= 0 ? (uint64_t)(t * 1000.0) : SR_CLOSE_LINGER_MS;
+    s->linger = malloc(sizeof *s->linger);
+    if (s->linger != NULL) {
+      uv_timer_init(&s->loop->uv, s->linger);
+      s->linger->data = s;
+      uv_timer_start(s->linger, sr_linger_cb, ms, 0);
+      uv_unref((uv_handle_t *)s->linger); /* the socket itself is ref'd */
+    }
     sr__socket_update_ref(s); /* the flush keeps the loop alive */
     return;
   }
@@ -76,7 +105,9 @@ void sr__socket_close(sr_socket *s) {
 
 /* Called by stream.c when the last queued write of a closed socket ends. */
 void sr__socket_finish_close(sr_socket *s) {
-  if (s->closed) sr_socket_uv_close(s);
+  if (!s->closed) return;
+  sr_linger_stop(s);
+  sr_socket_uv_close(s);
 }
 
 sr_socket *sr__to_socket(lua_State *L, int arg) {

@@ -2,7 +2,9 @@
 ** stream.c -- reading and writing stream sockets (TCP, unix stream).
 ** Reads land in one loop-wide buffer, then in a per-socket buffer that
 ** exists only while unread bytes wait; framing scans it in C. Writes try
-** uv_try_write first and queue only the rest, anchoring the Lua strings.
+** uv_try_write first and queue only the rest, anchoring the Lua strings;
+** small writes from tasks are gathered and leave in one write per socket
+** just before the loop polls.
 */
 
 #include <stdlib.h>
@@ -12,7 +14,8 @@
 
 typedef struct {
   uv_write_t req;
-  int anchor; /* registry ref to the string(s) being written */
+  int anchor;  /* registry ref to the string(s) being written, or */
+  char *owned; /* gathered bytes this request owns (freed when done) */
 } sr_write_req;
 
 /* ---------------------------------------------------------------------- */
@@ -27,7 +30,7 @@ static void sr_stream_alloc_cb(uv_handle_t *h, size_t suggested,
 }
 
 /* Append to the socket's unread bytes, growing or compacting the buffer. */
-static int sr_stream_append(sr_socket *s, const char *p, size_t n) {
+int sr__stream_append(sr_socket *s, const char *p, size_t n) {
   if (s->buf == NULL) {
     size_t cap = n < 4096 ? 4096 : n;
     s->buf = malloc(cap);
@@ -62,10 +65,22 @@ static void sr_stream_consume(sr_socket *s, size_t n) {
   s->len -= n;
   s->scanned = 0;
   if (s->len == 0) {
-    free(s->buf);
+    if (!s->borrowed) free(s->buf);
     s->buf = NULL;
+    s->borrowed = 0;
     s->off = s->cap = 0;
   }
+}
+
+/* The loop's read buffer was lent to a reader (see the read callback) and
+** is needed again: keep what the reader left in memory of our own. */
+static int sr_stream_unborrow(sr_socket *s) {
+  const char *rest = s->buf + s->off;
+  size_t n = s->len;
+  s->buf = NULL;
+  s->borrowed = 0;
+  s->off = s->len = s->cap = s->scanned = 0;
+  return n > 0 ? sr__stream_append(s, rest, n) : 0;
 }
 
 static void sr_stream_stop(sr_socket *s) {
@@ -78,9 +93,17 @@ static void sr_stream_stop(sr_socket *s) {
 static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
                               const uv_buf_t *buf) {
   sr_socket *s = stream->data;
-  if (nread > 0) {
-    int err = sr_stream_append(s, buf->base, (size_t)nread);
-    if (err < 0) {
+  int err;
+  if (nread > 0 && s->len == 0 && s->reader != NULL) {
+    /* Zero copy: the waiting reader, resumed below, reads straight from
+    ** the loop's buffer; it usually takes everything (a request, a block)
+    ** so nothing is copied. What it leaves is copied after it yields. */
+    s->buf = buf->base;
+    s->off = s->scanned = s->cap = 0;
+    s->len = (size_t)nread;
+    s->borrowed = 1;
+  } else if (nread > 0) {
+    if ((err = sr__stream_append(s, buf->base, (size_t)nread)) < 0) {
       s->rerr = err;
       sr_stream_stop(s);
     }
@@ -95,6 +118,10 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
   ** amount from the kernel; a reader waiting resumes it. */
   if (s->reader == NULL && s->len >= SR_READ_HIGH_WATER) sr_stream_stop(s);
   if (nread != 0) sr__socket_wake(&s->reader, 0);
+  if (s->borrowed && (err = sr_stream_unborrow(s)) < 0) {
+    s->rerr = err;
+    sr_stream_stop(s);
+  }
 }
 
 /* Start reading in the background, if not already and not at EOF. */
@@ -111,13 +138,14 @@ void sr__stream_start(sr_socket *s) {
 
 /* The socket is being closed by the script: stop reading, free unread. */
 void sr__stream_release(sr_socket *s) {
+  sr__stream_flush(s); /* gathered bytes still go, as queued ones do */
   sr_stream_stop(s);
-  free(s->buf);
+  if (!s->borrowed) free(s->buf);
+  s->borrowed = 0;
   s->buf = NULL;
   s->off = s->len = s->cap = 0;
 }
 
-typedef enum { SR_READ_ANY, SR_READ_LINE, SR_READ_ALL, SR_READ_COUNT } sr_fmt;
 
 static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count, int *keep) {
   const char *f;
@@ -153,7 +181,7 @@ static int sr_stream_end(lua_State *L, sr_socket *s) {
 ** Try to satisfy one read from the buffer: push the result and return the
 ** number of values, or return 0 when more bytes are needed.
 */
-static int sr_stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
+int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
                               size_t count, int keep) {
   int ended = s->eof || s->rerr != 0;
   switch (fmt) {
@@ -207,7 +235,7 @@ static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
   for (;;) {
     sr_socket *s = sr__check_socket(L, 1);
     if (s == NULL) return 3;
-    if ((n = sr_stream_try_read(L, s, fmt, count, keep)) > 0) return n;
+    if ((n = sr__stream_try_read(L, s, fmt, count, keep)) > 0) return n;
     if (!fresh &&
         sr__timedout(s->loop->current ? s->loop->current : &s->loop->main))
       return sr__fail(L, UV_ETIMEDOUT);
@@ -228,11 +256,106 @@ int sr__stream_read(lua_State *L) {
 /* ---------------------------------------------------------------------- */
 /* Writing                                                                */
 
+static void sr_stream_write_cb(uv_write_t *req, int status);
+
+/* Bytes on their way out: queued in libuv and gathered, not yet sent. */
+static size_t sr_stream_queued(sr_socket *s) {
+  return s->h.stream.write_queue_size + s->wlen;
+}
+
+/* Take s off the loop's list of sockets with gathered bytes. */
+static void sr_stream_undirty(sr_socket *s) {
+  sr_socket **p;
+  if (!s->dirty) return;
+  for (p = &s->loop->dirty; *p != NULL; p = &(*p)->next_dirty) {
+    if (*p == s) {
+      *p = s->next_dirty;
+      break;
+    }
+  }
+  s->dirty = 0;
+  s->next_dirty = NULL;
+}
+
+/*
+** Send the gathered bytes: try_write, and queue what the kernel did not
+** take in a request that owns the buffer. Returns 0 or a UV_E* error,
+** which is also kept as the socket's write error.
+*/
+int sr__stream_flush(sr_socket *s) {
+  uv_buf_t b;
+  ssize_t done;
+  sigset_t saved;
+  sr_write_req *w;
+  int err;
+  sr_stream_undirty(s);
+  if (s->wlen == 0) return 0;
+  b = uv_buf_init(s->wbuf, (unsigned)s->wlen);
+  sr__sigpipe_block(s->loop, &saved);
+  done = uv_try_write(&s->h.stream, &b, 1);
+  sr__sigpipe_restore(s->loop, &saved);
+  if (done == UV_EAGAIN || done == UV_ENOSYS) done = 0;
+  err = done < 0 ? (int)done : 0;
+  if (err == 0 && (size_t)done < s->wlen) {
+    w = malloc(sizeof *w);
+    if (w == NULL) {
+      err = UV_ENOMEM;
+    } else {
+      w->owned = s->wbuf;
+      w->anchor = LUA_NOREF;
+      b = uv_buf_init(s->wbuf + done, (unsigned)(s->wlen - (size_t)done));
+      err = uv_write(&w->req, &s->h.stream, &b, 1, sr_stream_write_cb);
+      if (err < 0) {
+        free(w);
+      } else {
+        s->wbuf = NULL; /* the request has it now */
+        s->nwrites++;
+        sr__socket_update_ref(s);
+      }
+    }
+  }
+  free(s->wbuf);
+  s->wbuf = NULL;
+  s->wlen = s->wcap = 0;
+  if (err < 0 && s->werr == 0) s->werr = err;
+  return err;
+}
+
+/* Gather n bytes from the arguments 2..top into s->wbuf. */
+static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
+  int i, top = lua_gettop(L);
+  if (s->wlen + n > s->wcap) {
+    size_t cap = s->wcap ? s->wcap * 2 : 2048;
+    char *nb;
+    while (cap < s->wlen + n) cap *= 2;
+    if ((nb = realloc(s->wbuf, cap)) == NULL) return UV_ENOMEM;
+    s->wbuf = nb;
+    s->wcap = cap;
+  }
+  for (i = 2; i <= top; i++) {
+    size_t len;
+    const char *p = lua_tolstring(L, i, &len);
+    memcpy(s->wbuf + s->wlen, p, len);
+    s->wlen += len;
+  }
+  if (!s->dirty) {
+    sr_loop *lp = s->loop;
+    s->dirty = 1;
+    s->next_dirty = lp->dirty;
+    lp->dirty = s;
+    if (s->next_dirty == NULL) uv_prepare_start(&lp->flusher, sr__loop_flush_cb);
+  }
+  return 0;
+}
+
 static void sr_stream_write_cb(uv_write_t *req, int status) {
   sr_write_req *w = (sr_write_req *)req;
   sr_socket *s = req->handle->data;
   sr_loop *lp = s->loop;
-  if (lp->L != NULL) luaL_unref(lp->L, LUA_REGISTRYINDEX, w->anchor);
+  if (w->owned != NULL)
+    free(w->owned);
+  else if (lp->L != NULL)
+    luaL_unref(lp->L, LUA_REGISTRYINDEX, w->anchor);
   free(w);
   s->nwrites--;
   if (status < 0 && status != UV_ECANCELED && s->werr == 0) s->werr = status;
@@ -241,7 +364,7 @@ static void sr_stream_write_cb(uv_write_t *req, int status) {
     return;
   }
   sr__socket_update_ref(s);
-  if (s->werr != 0 || s->h.stream.write_queue_size <= SR_WRITE_HIGH_WATER)
+  if (s->werr != 0 || sr_stream_queued(s) <= SR_WRITE_HIGH_WATER)
     sr__socket_wake(&s->writer, 0);
 }
 
@@ -251,7 +374,7 @@ static int sr_stream_write_k(lua_State *L, int status, lua_KContext ctx) {
     sr_socket *s = sr__check_socket(L, 1);
     if (s == NULL) return 3;
     if (s->werr != 0) return sr__fail(L, s->werr);
-    if (s->h.stream.write_queue_size <= SR_WRITE_HIGH_WATER) {
+    if (sr_stream_queued(s) <= SR_WRITE_HIGH_WATER) {
       lua_settop(L, 1);
       return 1;
     }
@@ -270,6 +393,7 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
   sr_write_req *w = malloc(sizeof *w);
   int i, err, top = lua_gettop(L);
   if (w == NULL) return UV_ENOMEM;
+  w->owned = NULL;
   if (first == top) {
     lua_pushvalue(L, top);
   } else {
@@ -308,6 +432,21 @@ int sr__stream_write(lua_State *L) {
     lua_settop(L, 1);
     return 1;
   }
+  for (i = 2; i <= n; i++) total += lua_rawlen(L, i);
+  /* Inside a task, a small write is gathered: replies made while working
+  ** through buffered input leave together, in one write per socket, just
+  ** before the loop polls (sr__loop_flush_cb). */
+  if (s->loop->current != NULL && total <= SR_GATHER_MAX &&
+      s->wlen + total <= SR_GATHER_LIMIT) {
+    if ((err = sr_stream_gather(L, s, total)) < 0) return sr__fail(L, err);
+    if (sr_stream_queued(s) > SR_WRITE_HIGH_WATER)
+      return sr_stream_write_k(L, LUA_OK, 0);
+    lua_settop(L, 1);
+    return 1;
+  }
+  /* otherwise what was gathered goes first, then this, straight away */
+  if ((err = sr__stream_flush(s)) < 0) return sr__fail(L, err);
+  total = 0;
   if (nb > SR_IOV_STACK) { /* uv_write copies the array: free it after */
     bufs = malloc(sizeof(uv_buf_t) * (size_t)nb);
     if (bufs == NULL) return sr__fail(L, UV_ENOMEM);
@@ -335,7 +474,7 @@ int sr__stream_write(lua_State *L) {
     if (done < 0) s->werr = err;
     return sr__fail(L, err);
   }
-  if (s->h.stream.write_queue_size > SR_WRITE_HIGH_WATER)
+  if (sr_stream_queued(s) > SR_WRITE_HIGH_WATER)
     return sr_stream_write_k(L, LUA_OK, 0);
   lua_settop(L, 1);
   return 1;
@@ -362,6 +501,7 @@ int sr__stream_shutdown(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
+  if ((err = sr__stream_flush(s)) < 0) return sr__fail(L, err);
   req = malloc(sizeof *req);
   if (req == NULL) return sr__fail(L, UV_ENOMEM);
   err = uv_shutdown(req, &s->h.stream, sr_stream_shutdown_cb);

@@ -63,6 +63,10 @@ static void sr_task_detach(sr_task *t) {
 sr_task *sr__self(lua_State *L, sr_loop *lp) {
   sr_task *t = lp->current;
   if (t != NULL && t->co == L) {
+    /* About to block: the task has worked through what it could, so what
+    ** it gathered for writing leaves now (see stream.c), one write per
+    ** socket, rather than waiting for the loop to poll. */
+    if (lp->dirty != NULL) sr__loop_flush(lp);
     if (!lua_isyieldable(L))
       luaL_error(L,
                  "cannot block across a C-call boundary (metamethod, "
@@ -128,9 +132,13 @@ void sr__wake(sr_task *t, int status) {
   sr_task_detach(t);
   t->wake = status;
   t->state = SR_TASK_RUNNING;
-  if (t->co == NULL)
+  if (t->co == NULL) {
+    /* The loop is being driven for this wait: make this uv_run return.
+    ** libuv runs due timers before it polls, so a wake from one of them
+    ** would otherwise still block in the poll that follows. */
     t->woken = 1;
-  else
+    uv_stop(&t->loop->uv);
+  } else
     sr_task_resume(t, NULL, 0);
 }
 
@@ -150,6 +158,63 @@ static void sr_task_finish(sr_task *t) {
   t->ref = LUA_NOREF;
 }
 
+/* Hand a failed task's traceback (at the top of L) to sr.onerror, or print
+** it; the task userdata is at tidx. */
+void sr__report(sr_loop *lp, lua_State *L, int tidx) {
+  if (lp->onerror_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->onerror_ref);
+    lua_getiuservalue(L, tidx, SR_TASK_UV_ERROR);
+    lua_pushvalue(L, -3); /* traceback */
+    lua_pushvalue(L, tidx);
+    if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
+    fprintf(stderr, "sockrun: error in sr.onerror: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  fprintf(stderr, "sockrun: %s\n", lua_tostring(L, -1));
+  fflush(stderr);
+}
+
+/*
+** The task's function raised; its error object is at the top of co, whose
+** stack Lua leaves as it was where the error happened. Take the traceback
+** from it, keep the error object for join, then reset the coroutine: that
+** runs its pending to-be-closed variables (a handler's connection gets
+** closed) and leaves a fresh thread, on which the sr.onerror hook runs.
+** Tasks thus need no protected-call frame of their own, which keeps an
+** idle task's stack small.
+*/
+static void sr_task_failed(sr_task *t) {
+  sr_loop *lp = t->loop;
+  lua_State *co = t->co;
+  sr_task *prev = lp->current;
+  const char *msg;
+  int tb, pushed = 0;
+  t->state = SR_TASK_FAILED;
+  t->nres = 0;
+  if (!lua_checkstack(co, 4)) return; /* no memory left even to report */
+  msg = lua_tostring(co, -1);
+  if (msg == NULL) {
+    msg = lua_pushfstring(co, "(error object is a %s value)",
+                          luaL_typename(co, -1));
+    pushed = 1;
+  }
+  luaL_traceback(co, co, msg, 0);
+  tb = luaL_ref(co, LUA_REGISTRYINDEX);
+  lua_pop(co, pushed); /* the error object is on top again */
+  lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref);
+  lua_pushvalue(co, -2);
+  lua_setiuservalue(co, -2, SR_TASK_UV_ERROR);
+  lua_resetthread(co); /* returns the task's own error status: not news */
+  lua_settop(co, 0);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
+  luaL_unref(co, LUA_REGISTRYINDEX, tb);
+  lp->current = t; /* a hook that blocks gets a clear error */
+  sr__report(lp, co, 1);
+  lp->current = prev;
+  lua_settop(co, 0);
+}
+
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
   sr_loop *lp = t->loop;
   sr_task *prev = lp->current;
@@ -167,79 +232,13 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
     if (sr_task_arm(t, 0) < 0) t->state = SR_TASK_RUNNING;
     return;
   }
-  if (st != LUA_OK) { /* only an error outside the body's pcall: memory */
-    t->state = SR_TASK_FAILED;
-    fprintf(stderr, "sockrun: task died: %s\n", lua_tostring(t->co, -1));
-    t->nres = 1;
-  } else {
-    if (t->state != SR_TASK_FAILED) t->state = SR_TASK_DONE;
+  if (st == LUA_OK) {
+    t->state = SR_TASK_DONE;
     t->nres = nres;
+  } else {
+    sr_task_failed(t);
   }
   sr_task_finish(t);
-}
-
-/* Message handler of a task body, as lua.c's: the error object is kept
-** in the task (for join) and a traceback string replaces it. */
-static int sr_task_msgh(lua_State *L) {
-  sr_loop *lp = sr_getloop(L);
-  const char *msg = lua_tostring(L, 1);
-  if (lp->current != NULL && lp->current->ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->current->ref);
-    lua_pushvalue(L, 1);
-    lua_setiuservalue(L, -2, SR_TASK_UV_ERROR);
-    lua_pop(L, 1);
-  }
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)",
-                            luaL_typename(L, 1));
-  }
-  luaL_traceback(L, L, msg, 1);
-  return 1;
-}
-
-/* Hand a failed task's traceback (at the top of L) to sr.onerror, or print
-** it. Runs in the failed task's own coroutine, still alive. */
-void sr__report(sr_loop *lp, lua_State *L, int tidx) {
-  if (lp->onerror_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->onerror_ref);
-    lua_getiuservalue(L, tidx, SR_TASK_UV_ERROR);
-    lua_pushvalue(L, -3); /* traceback */
-    lua_pushvalue(L, tidx);
-    if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
-    fprintf(stderr, "sockrun: error in sr.onerror: %s\n", lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-  fprintf(stderr, "sockrun: %s\n", lua_tostring(L, -1));
-  fflush(stderr);
-}
-
-static int sr_task_body_k(lua_State *L, int status, lua_KContext ctx) {
-  sr_loop *lp = sr_getloop(L);
-  sr_task *t = lp->current;
-  (void)ctx;
-  if (status == LUA_OK || status == LUA_YIELD)
-    return lua_gettop(L) - 1; /* the function's results, less msgh */
-  t->state = SR_TASK_FAILED;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  lua_pushvalue(L, -2);
-  sr__report(lp, L, lua_gettop(L) - 1);
-  lua_pop(L, 1);
-  lua_getiuservalue(L, -1, SR_TASK_UV_ERROR);
-  return 1; /* the error object */
-}
-
-/* First function of every task's coroutine: run fn(...) in a yieldable
-** protected call, so errors are caught with a traceback in the task. */
-static int sr_task_body(lua_State *L) {
-  int n = lua_gettop(L);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_pushcclosure(L, sr_task_msgh, 1);
-  lua_insert(L, 1);
-  return sr_task_body_k(
-      L, lua_pcallk(L, n - 1, LUA_MULTRET, 1, 0, sr_task_body_k), 0);
 }
 
 static sr_task *sr_check_task(lua_State *L, int arg) {
@@ -265,12 +264,10 @@ int sr__spawn(lua_State *L) {
   t->co = co;
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* alive until it ends */
-  lua_pushlightuserdata(co, lp);
-  lua_pushcclosure(co, sr_task_body, 1);
   lua_rotate(L, 1, 1); /* task below fn and args */
-  lua_xmove(L, co, n);
+  lua_xmove(L, co, n); /* the coroutine runs fn itself: no wrapper frame */
   lp->ntasks++;
-  sr_task_resume(t, L, n);
+  sr_task_resume(t, L, n - 1);
   return 1;
 }
 

@@ -178,8 +178,18 @@ end
 
 -- Names reachable with "." or ":" from v: its fields, and those its
 -- metatable's __index table offers (methods of sockets, strings...).
+-- Methods a stream socket has but cannot use: not offered for completion.
+local dgram_only = { sendto = true, recvfrom = true }
+
 local function names_of(v, methods_only)
   local out, seen = {}, {}
+  local mt0 = getmetatable(v)
+  if type(mt0) == "table" and rawget(mt0, "__name") == "sockrun.socket" then
+    local ok, _, kind = pcall(v.family, v)
+    if ok and kind == "stream" then
+      for k in pairs(dgram_only) do seen[k] = true end
+    end
+  end
   local function add(t)
     for k, val in pairs(t) do
       if type(k) == "string" and not seen[k]

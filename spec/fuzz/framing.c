@@ -1,0 +1,107 @@
+/*
+** framing.c -- libFuzzer target for the stream read buffer and its
+** framing (src/stream.c). The input is a script of operations on one
+** socket's buffer; every byte appended must come out of the reads, in
+** order, exactly once, and each result must fit its format.
+*/
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../src/internal.h"
+
+#define CHECK(c) \
+  do {           \
+    if (!(c)) abort(); \
+  } while (0)
+
+static lua_State *L;
+
+/* Everything appended so far, and how much of it reads have taken. */
+static char model[1 << 16];
+static size_t appended, taken;
+
+/* Apply one read; check what it returned against the model. */
+static void do_read(sr_socket *s, sr_fmt fmt, size_t count, int keep) {
+  size_t before = s->len, used;
+  int n = sr__stream_try_read(L, s, fmt, count, keep);
+  used = before - s->len;
+  CHECK(taken + used <= appended);
+  if (n == 1) { /* a string */
+    size_t len;
+    const char *r = lua_tolstring(L, -1, &len);
+    const char *m = model + taken;
+    CHECK(r != NULL);
+    switch (fmt) {
+      case SR_READ_LINE:
+        if (used > 0 && m[used - 1] == '\n') { /* a whole line */
+          CHECK(memchr(m, '\n', used - 1) == NULL);
+          if (keep) {
+            CHECK(len == used);
+          } else {
+            CHECK(len == used - 1 || (len == used - 2 && m[used - 2] == '\r'));
+          }
+        } else { /* the tail at end of file */
+          CHECK(s->eof && len == used && memchr(m, '\n', used) == NULL);
+        }
+        CHECK(memcmp(r, m, len) == 0);
+        break;
+      case SR_READ_COUNT:
+        CHECK(len == used && memcmp(r, m, len) == 0);
+        CHECK(len == count || (s->eof && len < count));
+        break;
+      default:
+        CHECK(len == used && memcmp(r, m, len) == 0);
+        CHECK(len > 0 || fmt == SR_READ_ALL);
+        break;
+    }
+  } else if (n == 3) { /* nil, message, code */
+    const char *code = lua_tostring(L, -1);
+    CHECK(used == 0 && code != NULL);
+    if (strcmp(code, "ENOBUFS") == 0)
+      CHECK(fmt == SR_READ_LINE && s->len >= s->maxline);
+    else
+      CHECK(strcmp(code, "EOF") == 0 && s->eof && s->len == 0);
+  } else {
+    CHECK(n == 0 && used == 0 && !s->eof);
+  }
+  taken += used;
+  CHECK(taken + s->len == appended);
+  lua_settop(L, 0);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  sr_socket s;
+  size_t i = 0;
+  if (L == NULL) L = luaL_newstate();
+  memset(&s, 0, sizeof s);
+  s.maxline = 64; /* small, so the limit is reached */
+  appended = taken = 0;
+  while (i < size) {
+    uint8_t op = data[i++];
+    uint8_t arg = i < size ? data[i] : 0;
+    switch (op % 6) {
+      case 0: { /* append the next arg bytes */
+        size_t n = arg;
+        i++;
+        if (n > size - i) n = size - i;
+        if (s.eof || appended + n > sizeof model) break;
+        memcpy(model + appended, data + i, n);
+        if (n > 0) CHECK(sr__stream_append(&s, (const char *)data + i, n) == 0);
+        appended += n;
+        i += n;
+        break;
+      }
+      case 1: do_read(&s, SR_READ_LINE, 0, op & 0x10); break;
+      case 2: i++; do_read(&s, SR_READ_COUNT, arg % 100, 0); break;
+      case 3: do_read(&s, SR_READ_ANY, 0, 0); break;
+      case 4: if (s.eof) do_read(&s, SR_READ_ALL, 0, 0); break;
+      case 5: s.eof = 1; break;
+    }
+  }
+  free(s.buf);
+  return 0;
+}
