@@ -98,17 +98,11 @@ typedef enum { SR_TCP, SR_PIPE, SR_DGRAM, SR_TTY } sr_kind;
 ** The socket. Its memory is malloc'd and freed only in the handle's close
 ** callback; the Lua userdata holds a pointer to it, set to NULL when the
 ** script closes the socket (so a closed socket answers EBADF) while libuv
-** may still need the struct until the close callback.
+** may still need the struct until the close callback. The handle comes
+** last and the struct is allocated only as large as its kind's handle
+** (sr__socket_size): a TCP connection does not pay for a tty.
 */
 struct sr_socket {
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-    uv_tty_t tty;     /* the REPL's standard input */
-    uv_poll_t poll; /* datagram sockets: the descriptor is ours */
-  } h;
   sr_loop *loop;
   sr_kind kind;
   int family;           /* AF_INET, AF_INET6, AF_UNIX */
@@ -117,7 +111,7 @@ struct sr_socket {
   unsigned closing : 1; /* uv_close() called */
   unsigned listening : 1;
   unsigned connected : 1;
-  unsigned reading : 1; /* uv_read_start active */
+  unsigned reading : 1;  /* uv_read_start active */
   unsigned eof : 1;
   unsigned shut : 1;     /* shutdown() issued */
   unsigned nbio_ref : 1; /* handle currently uv_ref'd */
@@ -128,23 +122,29 @@ struct sr_socket {
   int accept_status;     /* > 0: a connection is pending; < 0: an error */
   int connect_status;    /* 0 idle, 1 connecting, 2 done: result in cresult */
   int cresult;
-  int poll_events;     /* datagram: events uv_poll watches */
-  sr_task *reader;     /* the task waiting to read/accept/recv */
-  sr_task *writer;     /* the task waiting to write/connect/send */
-  int nwrites;         /* queued write requests */
-  size_t write_queued; /* bytes in queued write requests (datagrams too) */
+  int poll_events;       /* datagram: events uv_poll watches */
+  int nwrites;           /* queued write requests */
+  sr_task *reader;       /* the task waiting to read/accept/recv */
+  sr_task *writer;       /* the task waiting to write/connect/send */
   /* Unread bytes: buf[off .. off+len). NULL while nothing is unread. */
   char *buf;
   size_t off, len, cap;
-  size_t scanned; /* bytes from off known to hold no '\n' */
+  size_t scanned;        /* bytes from off known to hold no '\n' */
   size_t maxline;
-  double timeout[3]; /* connect, read, write; < 0 means none */
-  char *path;        /* unix path we bound, unlinked at close */
-  uv_timer_t *linger; /* bounds the flush of a closed socket */
-  char *wbuf;         /* gathered bytes, not yet given to the kernel */
+  double timeout[3];     /* connect, read, write; < 0 means none */
+  char *path;            /* unix path we bound, unlinked at close */
+  uv_timer_t *linger;    /* bounds the flush of a closed socket */
+  char *wbuf;            /* gathered bytes, not yet given to the kernel */
   size_t wlen, wcap;
   sr_socket *next_dirty; /* link in the loop's list of such sockets */
-  uv_connect_t creq;
+  union {                /* last: see above */
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+    uv_tty_t tty;        /* the REPL's standard input */
+    uv_poll_t poll;      /* datagram sockets: the descriptor is ours */
+  } h;
 };
 
 enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };

@@ -149,6 +149,19 @@ void sr__socket_wake(sr_task **slot, int status) {
   if (*slot != NULL) sr__wake(*slot, status);
 }
 
+/* Bytes to allocate for a socket of this kind: the struct up to its
+** handle, and that handle. */
+static size_t sr_socket_size(sr_kind kind) {
+  size_t h;
+  switch (kind) {
+    case SR_TCP: h = sizeof(uv_tcp_t); break;
+    case SR_PIPE: h = sizeof(uv_pipe_t); break;
+    case SR_DGRAM: h = sizeof(uv_poll_t); break;
+    default: h = sizeof(((sr_socket *)0)->h); break; /* tty or pipe */
+  }
+  return offsetof(sr_socket, h) + h;
+}
+
 /*
 ** New socket object at the top of the stack. The userdata is pushed, with
 ** its metatable and a NULL pointer (a valid closed socket), before anything
@@ -162,7 +175,7 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
   int err = 0, inited = 0; /* inited: handle registered, even if err */
   *ud = NULL;
   luaL_setmetatable(L, SR_SOCKET_MT);
-  s = calloc(1, sizeof *s);
+  s = calloc(1, sr_socket_size(kind));
   if (s == NULL) {
     *errp = UV_ENOMEM;
     return NULL;
@@ -513,6 +526,7 @@ static int sr_socket_accept(lua_State *L) {
 
 static void sr_socket_connect_cb(uv_connect_t *req, int status) {
   sr_socket *s = req->handle->data;
+  free(req); /* made by connect: only a connecting socket pays for one */
   s->connect_status = 2;
   s->cresult = status;
   sr__socket_wake(&s->writer, 0);
@@ -546,6 +560,7 @@ static int sr_socket_connect(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
   struct sockaddr_storage ss;
   socklen_t len;
+  uv_connect_t *req;
   int err;
   if (s == NULL) return 3;
   len = sr_check_sockaddr(L, s, 2, &ss);
@@ -559,9 +574,13 @@ static int sr_socket_connect(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  err = uv_tcp_connect(&s->creq, &s->h.tcp, (struct sockaddr *)&ss,
+  if ((req = malloc(sizeof *req)) == NULL) return sr__fail(L, UV_ENOMEM);
+  err = uv_tcp_connect(req, &s->h.tcp, (struct sockaddr *)&ss,
                        sr_socket_connect_cb);
-  if (err < 0) return sr__fail(L, err);
+  if (err < 0) {
+    free(req);
+    return sr__fail(L, err);
+  }
   s->connect_status = 1;
   return sr_socket_connect_k(L, LUA_OK, 0);
 }
