@@ -105,7 +105,14 @@ end
 local function cpu_seconds(pid)
   local t = stat_fields(pid)
   if not t then return nil end
-  return (tonumber(t[12]) + tonumber(t[13])) / CLK_TCK
+  local total = (tonumber(t[12]) + tonumber(t[13])) / CLK_TCK
+  -- a `sockrun -w N` parent: add its live workers
+  local kids = readfile(fmt("/proc/%d/task/%d/children", pid, pid)) or ""
+  for kid in kids:gmatch("%d+") do
+    local k = stat_fields(tonumber(kid))
+    if k then total = total + (tonumber(k[12]) + tonumber(k[13])) / CLK_TCK end
+  end
+  return total
 end
 
 local SELF = tonumber(readfile("/proc/self/stat"):match("^(%d+)"))
@@ -168,10 +175,10 @@ local started = {}
 local function start(cmd, log, cpu)
   local line = fmt(
     "ulimit -n $(ulimit -Hn) 2>/dev/null; " ..
-    "exec taskset -c %d %s >%s 2>&1 </dev/null & p=$!; echo $p; " ..
+    "exec taskset -c %s %s >%s 2>&1 </dev/null & p=$!; echo $p; " ..
     "(while kill -0 %d 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 1; done; " ..
     "kill -0 %d 2>/dev/null || kill $p 2>/dev/null) >/dev/null 2>&1 </dev/null &",
-    cpu, cmd, q(log), SELF, SELF)
+    tostring(cpu), cmd, q(log), SELF, SELF)
   local pid = tonumber(capture(line))
   assert(pid, "could not start: " .. cmd)
   started[pid] = true
@@ -222,6 +229,12 @@ local SERVERS = {
     need = BIN .. "/cserver" },
   { id = "sockrun", name = "sockrun", kinds = { http = true, echo = true, resp = true },
     cmd = function(kind, port) return fmt("%s bench/sockrun/%s.lua %d", SOCKRUN, kind, port) end,
+    need = SOCKRUN },
+  -- `sockrun -w 2`: two workers sharing the port, on both cores (reported,
+  -- no target: on a 2-core machine the load generator shares a core). Its
+  -- busy figure counts both workers, in cores.
+  { id = "w2", name = "sockrun -w 2", kinds = { http = true }, cpu = "0,1", cores = 2,
+    cmd = function(kind, port) return fmt("%s -w 2 bench/sockrun/%s.lua %d", SOCKRUN, kind, port) end,
     need = SOCKRUN },
   -- BENCH_SOCKRUN_BASE=path: an earlier sockrun build, measured in the same
   -- run as the current one, so a change is judged before/after side by side.
@@ -348,7 +361,7 @@ local function base_measure(kind, load)
     local port = free_port()
     local tag = fmt("%s-%s-run%d", row.id, server.id, run)
     local slog = fmt("%s/%s.server.log", LOGS, tag)
-    local pid = start(server.cmd(kind, port), slog, SERVER_CPU)
+    local pid = start(server.cmd(kind, port), slog, server.cpu or SERVER_CPU)
     local res
     if not wait_listening(pid, port, 10) then
       res = { ok = false, note = "server did not start: " .. firstline(readfile(slog)) }
@@ -373,22 +386,22 @@ end
 
 -- Run fn() (a load that returns a result with its wall time) and add the
 -- server's CPU over it: the busy fraction of its (pinned) core.
-local function busy_over(pid, fn)
+local function busy_over(pid, fn, cores)
   local c0 = cpu_seconds(pid)
   local res = fn()
   local c1 = cpu_seconds(pid)
   if c0 and c1 and res.wall and res.wall > 0 then
-    res.busy = math.min(1, (c1 - c0) / res.wall)
+    res.busy = math.min(cores or 1, (c1 - c0) / res.wall)
   end
   return res
 end
 
 local function http_load(close)
-  return function(_, port, tag, pid)
+  return function(server, port, tag, pid)
     if WARMUP > 0 then wrk(port, close, WARMUP, fmt("%s/%s.warmup.log", LOGS, tag)) end
     return busy_over(pid, function()
       return wrk(port, close, DURATION, fmt("%s/%s.load.log", LOGS, tag))
-    end)
+    end, server and server.cores)
   end
 end
 
@@ -653,10 +666,6 @@ local function report(elapsed)
             row.no_busy and "—" or pct(gen),
             (table.concat(notes, "; "):gsub("|", "/"):gsub("\n", " "))))
         end
-      end
-      if row.id == "W1" then
-        w("| W1 HTTP keep-alive, `sockrun -w 2` | sockrun | not implemented | — | — | — | — | — | — | " ..
-          "placeholder: `sockrun -w N` (workers) is not built yet |")
       end
     end
   end

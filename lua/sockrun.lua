@@ -328,7 +328,10 @@ function M.listen(host, port, handler, opts)
     s, err, code = socket(a.family, "stream")
     if not s then return nil, err, code end
     s:setsockopt("reuseaddr", true)
-    if opts.reuseport then s:setsockopt("reuseport", true) end
+    -- under `sockrun -w N` the workers share the port
+    if opts.reuseport or (M.workers or 0) > 1 then
+      s:setsockopt("reuseport", true)
+    end
     if opts.ipv6only ~= nil and a.family == "inet6" then
       s:setsockopt("ipv6only", not not opts.ipv6only)
     end
@@ -366,8 +369,13 @@ end
 -- Called by the sockrun binary before it runs the script: sr.stop() means
 -- a clean exit, and SIGINT/SIGTERM begin one (a second signal during the
 -- grace period stops at once). A script's own sr.signal replaces these.
-function M._runner_setup()
+-- worker, workers: this process's number and the count under -w N.
+function M._runner_setup(worker, workers)
   M._binary = true
+  if workers and workers > 0 then
+    --- With `sockrun -w N`: this worker's number (1..N) and N.
+    M.worker, M.workers = worker, workers
+  end
   local function on_signal() M.shutdown() end
   M.signal("SIGINT", on_signal)
   M.signal("SIGTERM", on_signal)

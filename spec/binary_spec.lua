@@ -387,3 +387,77 @@ describe("the process", function()
     assert.matches("write\tnil\t", out, 1, true)
   end)
 end)
+
+local sr = H.sr
+
+describe("sockrun -w N", function()
+  after_each(H.assert_clean)
+
+  it("serves one port from N worker processes and drains them all on SIGTERM",
+    function()
+      local port = H.free_port("tcp")
+      local path = H.tmpfile([[
+        local sr = require "sockrun"
+        io.stdout:setvbuf("line")
+        assert(sr.listen("127.0.0.1", tonumber(arg[1]), function(c)
+          c:write("worker ", sr.worker, " of ", sr.workers, "\n")
+        end))
+        print("listening", sr.worker)
+      ]], ".lua")
+      local p = io.popen(string.format(
+        "exec sh -c 'echo $$; exec %s -w 2 %s %d'", H.sockrun,
+        path, port))
+      local pid = assert(tonumber(p:read("l")))
+      H.defer(function() os.execute("kill " .. pid .. " 2>/dev/null") end)
+      assert.matches("^listening\t[12]$", p:read("l"))
+      assert.matches("^listening\t[12]$", p:read("l"))
+      local seen, n = {}, 0
+      for _ = 1, 400 do -- the kernel spreads connections over both
+        local c = assert(sr.connect("127.0.0.1", port))
+        local line = assert(c:read("l"))
+        c:close()
+        local w = line:match("^worker (%d) of 2$")
+        assert(w, line)
+        if not seen[w] then seen[w], n = true, n + 1 end
+        if n == 2 then break end
+      end
+      assert.equal(2, n)
+      local workers = {}
+      for w in H.slurp(("/proc/%d/task/%d/children"):format(pid, pid))
+          :gmatch("%d+") do
+        workers[#workers + 1] = w
+      end
+      assert.equal(2, #workers)
+      os.execute("kill -TERM " .. pid)
+      for _ = 1, 200 do -- bounded: 10 s for the drain and the exit
+        local f = io.open("/proc/" .. pid .. "/stat")
+        local st = f and f:read("a"):match("^%d+ %b() (%a)")
+        if f then f:close() end
+        if not st or st == "Z" then break end
+        os.execute("sleep 0.05")
+      end
+      os.execute("kill -KILL " .. pid .. " 2>/dev/null") -- if it hung: fail
+      local ok, how, code = p:close()
+      assert.is_true(ok, how .. " " .. tostring(code))
+      assert.equal(0, code)
+      for _, w in ipairs(workers) do -- gone, not left behind
+        assert.is_nil(io.open("/proc/" .. w .. "/stat"))
+      end
+      os.remove(path)
+    end)
+
+  it("refuses a worker count that is not a positive integer", function()
+    for _, n in ipairs({ "0", "-1", "x", "1.5" }) do
+      local out, err, code = H.run("-w " .. n .. " x.lua")
+      assert.equal(1, code)
+      assert.matches("usage", err)
+      assert.equal("", out)
+    end
+  end)
+
+  it("needs a script file", function()
+    local _, err, code = H.run("-w 2 -e 'print(1)'")
+    assert.equal(1, code)
+    assert.matches("%-w needs a script file", err)
+  end)
+end)

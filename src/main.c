@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lualib.h"
@@ -30,6 +31,8 @@ static void sr_usage(void) {
           "  -i        enter the REPL after executing 'script'\n"
           "  -l mod    require library 'mod' into global 'mod'\n"
           "  -l g=mod  require library 'mod' into global 'g'\n"
+          "  -w N      run the script in N worker processes sharing its\n"
+          "            listening ports (SO_REUSEPORT)\n"
           "  -v        show version information\n"
           "  -h        show this help\n"
           "  --        stop handling options\n"
@@ -66,6 +69,8 @@ typedef struct {
   int script; /* index of the script in argv, or 0 */
   int stdin_script;
   int interactive; /* end in the REPL */
+  int workers;     /* -w N */
+  int worker;      /* this process's number, 1..N (0 without -w) */
 } sr_args;
 
 /* Set the global for "-l mod" or "-l g=mod"; the module is at the top. */
@@ -170,6 +175,13 @@ static int sr_collect(int argc, char **argv, sr_args *a, int *interactive,
     }
     if (strcmp(o, "-e") == 0 || strcmp(o, "-l") == 0) {
       if (++i >= argc) return -1;
+    } else if (strcmp(o, "-w") == 0) {
+      char *end;
+      long n;
+      if (++i >= argc) return -1;
+      n = strtol(argv[i], &end, 10);
+      if (*end != '\0' || n < 1 || n > 1024) return -1;
+      a->workers = (int)n;
     } else if (strcmp(o, "-i") == 0) {
       *interactive = 1;
     } else if (strcmp(o, "-v") == 0) {
@@ -196,7 +208,9 @@ static int sr_pmain(lua_State *L) {
   lua_pushliteral(L, "sockrun");
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "_runner_setup");
-  lua_call(L, 0, 0);
+  lua_pushinteger(L, a->worker);
+  lua_pushinteger(L, a->workers);
+  lua_call(L, 2, 0);
   lua_getfield(L, -1, "spawn");
   lua_pushlightuserdata(L, a);
   lua_pushcclosure(L, sr_main_body, 1);
@@ -221,8 +235,62 @@ static void sr_raise_nofile(void) {
   }
 }
 
+/*
+** -w N: fork N workers, each running the script as usual; sr.listen sets
+** SO_REUSEPORT in them, so the kernel spreads connections over them. The
+** parent runs no Lua: it waits, passes SIGINT/SIGTERM on (each worker then
+** drains its servers), and exits when all have: 0 if all exited 0.
+** Returns -1 in a worker, which goes on to run the script.
+*/
+static int sr_run_workers(sr_args *a) {
+  pid_t *pids = calloc((size_t)a->workers, sizeof *pids);
+  sigset_t set, old;
+  int i, live = 0, status = 0;
+  if (pids == NULL) return 1;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, &old); /* taken with sigwaitinfo below */
+  fflush(NULL);
+  for (i = 0; i < a->workers; i++) {
+    pid_t p = fork();
+    if (p < 0) {
+      perror("sockrun: fork");
+      status = 1;
+      break;
+    }
+    if (p == 0) {
+      sigprocmask(SIG_SETMASK, &old, NULL);
+      free(pids);
+      a->worker = i + 1;
+      return -1;
+    }
+    pids[i] = p;
+    live++;
+  }
+  while (live > 0) {
+    siginfo_t info;
+    int sig = sigwaitinfo(&set, &info), st, j;
+    pid_t p;
+    if (sig == SIGINT || sig == SIGTERM) {
+      for (j = 0; j < a->workers; j++)
+        if (pids[j] > 0) kill(pids[j], sig);
+      continue;
+    }
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+      for (j = 0; j < a->workers; j++)
+        if (pids[j] == p) pids[j] = 0;
+      live--;
+      if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) status = 1;
+    }
+  }
+  free(pids);
+  return status;
+}
+
 int main(int argc, char **argv) {
-  sr_args a = {argc, argv, 0, 0, 0};
+  sr_args a = {argc, argv, 0, 0, 0, 0, 0};
   int interactive = 0, version = 0, r, status;
   lua_State *L;
   if (argv[0] && argv[0][0]) sr_progname = argv[0];
@@ -247,6 +315,14 @@ int main(int argc, char **argv) {
     for (i = 1; i < argc; i++)
       if (strcmp(argv[i], "-e") == 0) has_e = 1;
     if (!has_e) a.interactive = 1;
+  }
+  if (a.workers > 0) {
+    if (a.interactive || (a.script == 0 && !a.stdin_script) ||
+        a.stdin_script) {
+      fprintf(stderr, "%s: -w needs a script file\n", sr_progname);
+      return 1;
+    }
+    if ((r = sr_run_workers(&a)) >= 0) return r;
   }
   /* A peer that goes away must not kill the process. */
   signal(SIGPIPE, SIG_IGN);
