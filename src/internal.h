@@ -85,6 +85,7 @@ struct sr_loop {
   int running;       /* > 0 while inside uv_run */
   int stopped;       /* sr.stop() was called */
   int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
+  const void *socket_mt; /* the socket metatable, to check arguments */
   int onerror_ref;   /* sr.onerror hook, or LUA_NOREF */
   void *signals[65]; /* sr.signal handlers by signal number */
   int nsockets;      /* socket structs not yet freed */

@@ -110,9 +110,23 @@ void sr__socket_finish_close(sr_socket *s) {
   sr_socket_uv_close(s);
 }
 
+/* The userdata at arg, checked to be a socket by its metatable's address
+** (kept in the loop), not by name as luaL_checkudata does: that costs a
+** registry lookup and a string compare on every read and write. */
+static sr_socket **sr_socket_ud(lua_State *L, int arg) {
+  sr_loop *lp = sr_getloop(L);
+  sr_socket **ud = lua_touserdata(L, arg);
+  const void *mt = NULL;
+  if (ud != NULL && lua_getmetatable(L, arg)) {
+    mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+  }
+  if (mt == NULL || mt != lp->socket_mt) luaL_typeerror(L, arg, SR_SOCKET_MT);
+  return ud;
+}
+
 sr_socket *sr__to_socket(lua_State *L, int arg) {
-  sr_socket **ud = luaL_checkudata(L, arg, SR_SOCKET_MT);
-  return *ud;
+  return *sr_socket_ud(L, arg);
 }
 
 /* The socket at arg, or NULL after pushing nil, "socket is closed". */
@@ -263,7 +277,7 @@ sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind, int family) {
 
 /* close(), __gc and __close: one idempotent function (liolib's f_gc). */
 static int sr_socket_close(lua_State *L) {
-  sr_socket **ud = luaL_checkudata(L, 1, SR_SOCKET_MT);
+  sr_socket **ud = sr_socket_ud(L, 1);
   if (*ud != NULL) {
     sr_socket *s = *ud;
     *ud = NULL;
@@ -274,7 +288,7 @@ static int sr_socket_close(lua_State *L) {
 }
 
 static int sr_socket_gc(lua_State *L) {
-  sr_socket **ud = luaL_checkudata(L, 1, SR_SOCKET_MT);
+  sr_socket **ud = sr_socket_ud(L, 1);
   if (*ud != NULL) {
     sr_socket *s = *ud;
     *ud = NULL;
@@ -770,6 +784,12 @@ static const luaL_Reg sr_socket_methods[] = {
     {"family", sr_socket_family},
     {NULL, NULL}};
 
+static const luaL_Reg sr_socket_metamethods[] = {
+    {"__tostring", sr_socket_tostring},
+    {"__gc", sr_socket_gc},
+    {"__close", sr_socket_close},
+    {NULL, NULL}};
+
 static const struct {
   const char *name;
   int value;
@@ -792,17 +812,13 @@ static const struct {
 void sr__socket_open(lua_State *L, sr_loop *lp) {
   int i;
   luaL_newmetatable(L, SR_SOCKET_MT);
+  lp->socket_mt = lua_topointer(L, -1);
   lua_newtable(L);
   sr__setfuncs(L, sr_socket_methods, lp);
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "methods");
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, sr_socket_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, sr_socket_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, sr_socket_close);
-  lua_setfield(L, -2, "__close");
+  sr__setfuncs(L, sr_socket_metamethods, lp);
   lua_pop(L, 1);
   lua_pushlightuserdata(L, lp);
   lua_pushcclosure(L, sr_socket_new, 1);

@@ -247,10 +247,8 @@ static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 int sr__stream_read(lua_State *L) {
-  sr_socket *s = sr__check_socket(L, 1);
-  if (s == NULL) return 3;
   luaL_argcheck(L, lua_gettop(L) <= 2, 3, "one format per call");
-  return sr_stream_read_k(L, LUA_OK, 0);
+  return sr_stream_read_k(L, LUA_OK, 0); /* it checks the socket */
 }
 
 /* ---------------------------------------------------------------------- */
