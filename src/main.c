@@ -217,6 +217,17 @@ static int sr_pmain(lua_State *L) {
   lua_call(L, 1, 1); /* the main task */
   lua_getfield(L, -2, "run");
   lua_call(L, 0, 0);
+  /* The loop is done and the exit is under way: a late SIGINT/SIGTERM
+  ** (timeout(1) sends one to the process and one to its group) must not
+  ** turn it into a death. Closing their watchers at teardown restores the
+  ** default action, so block them: pending, they die with the process. */
+  {
+    sigset_t late;
+    sigemptyset(&late);
+    sigaddset(&late, SIGINT);
+    sigaddset(&late, SIGTERM);
+    sigprocmask(SIG_BLOCK, &late, NULL);
+  }
   lua_getfield(L, -1, "status");
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1);
