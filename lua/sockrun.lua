@@ -227,25 +227,34 @@ function M.connect(host, port, opts)
   return nil, err, code
 end
 
--- One connection: the handler's task owns it and closes it on the way out,
--- whether the handler returns or fails.
-local function serve(handler, conn, host, port)
-  local c <close> = conn
-  handler(c, host, port)
+-- Leaves the set of running handlers (and closes the connection) however
+-- the handler ends: return, error or cancel.
+local handler_end_mt = { __close = function(h)
+  h.tasks[h.task] = nil
+  h.conn:close()
+end }
+
+-- One connection: the handler's task owns it and closes it on the way out.
+local function serve(tasks, handler, conn, host, port)
+  local _ <close> = setmetatable({ tasks = tasks, task = core.current(),
+    conn = conn }, handler_end_mt)
+  tasks[core.current()] = true
+  handler(conn, host, port)
 end
 
--- Every server sr.listen made (listening socket -> its handler tasks), so a
--- shutdown can stop them accepting and wait for their connections. Weak:
--- ended tasks and forgotten servers go.
+-- Every server sr.listen made (listening socket -> the set of its running
+-- handler tasks), so a shutdown can stop them accepting and wait for their
+-- connections. Handlers leave their set themselves: a plain table, not a
+-- weak one, whose entries the collector would clear only cycles later.
 local servers = setmetatable({}, { __mode = "k" })
 
 local function accept_loop(server, handler)
-  local tasks = setmetatable({}, { __mode = "k" })
+  local tasks = {}
   servers[server] = tasks
   while true do
     local conn, host, port = server:accept()
     if conn then
-      tasks[spawn(serve, handler, conn, host, port)] = true
+      spawn(serve, tasks, handler, conn, host, port)
     elseif port == "EBADF" then
       return -- the listening socket was closed: stop serving
     else

@@ -145,40 +145,50 @@ static void sr_free_close_cb(uv_handle_t *h) {
   free(h);
 }
 
+/* Teardown closes sockets first (pass 1), each with its linger timer, so
+** that no later callback of theirs finds a timer the walk already closed;
+** then everything else (pass 2). */
+static int sr_is_socket(uv_handle_t *h) {
+  return h->type == UV_TCP || h->type == UV_NAMED_PIPE || h->type == UV_TTY ||
+         h->type == UV_POLL;
+}
+
 static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
-  (void)arg;
+  int pass = *(int *)arg;
   if (uv_is_closing(h)) return;
   if (h == (uv_handle_t *)&((sr_loop *)h->loop->data)->flusher) {
     uv_close(h, NULL); /* part of the loop struct */
     return;
   }
-  switch (h->type) {
-    case UV_TCP:
-    case UV_NAMED_PIPE:
-    case UV_TTY:
-    case UV_POLL: {
-      sr_socket *s = h->data;
-      s->closed = 1;
-      s->closing = 1;
-      uv_close(h, sr__socket_close_cb);
-      if (h->type == UV_POLL) close(s->fd);
-      break;
+  if (pass == 1 && sr_is_socket(h)) {
+    sr_socket *s = h->data;
+    s->closed = 1;
+    s->closing = 1;
+    s->reader = s->writer = NULL; /* no task is woken at teardown */
+    if (s->linger != NULL) {
+      uv_close((uv_handle_t *)s->linger, sr_free_close_cb);
+      s->linger = NULL;
     }
-    default: /* task timers and signal watchers: malloc'd, handle first */
-      uv_close(h, sr_free_close_cb);
-      break;
+    uv_close(h, sr__socket_close_cb);
+    if (h->type == UV_POLL) close(s->fd);
+  } else if (pass == 2) {
+    /* task timers and signal watchers: malloc'd, handle first */
+    uv_close(h, sr_free_close_cb);
   }
 }
 
 static int sr_loop_gc(lua_State *L) {
   sr_loop **ud = lua_touserdata(L, 1);
   sr_loop *lp = *ud;
-  int i;
+  int i, pass;
   if (lp == NULL) return 0;
   *ud = NULL;
   lp->L = NULL; /* from here on no callback may touch Lua */
   uv_tty_reset_mode(); /* a REPL may have left the terminal raw */
-  uv_walk(&lp->uv, sr_teardown_walk_cb, NULL);
+  pass = 1;
+  uv_walk(&lp->uv, sr_teardown_walk_cb, &pass);
+  pass = 2;
+  uv_walk(&lp->uv, sr_teardown_walk_cb, &pass);
   /* The first run may only clear a stop flag left by sr.stop(); a few more
   ** let close callbacks and thread-pool lookups finish. */
   for (i = 0; i < 8 && uv_loop_close(&lp->uv) == UV_EBUSY; i++)

@@ -287,13 +287,17 @@ static int sr_socket_close(lua_State *L) {
   return 1;
 }
 
+/* A socket a task waits on is reachable from that task, so a finalized
+** socket with a waiter means the whole state is closing (lua_close): then
+** nobody is woken (no coroutine may run now), only the handle is closed. */
 static int sr_socket_gc(lua_State *L) {
   sr_socket **ud = sr_socket_ud(L, 1);
   if (*ud != NULL) {
     sr_socket *s = *ud;
     *ud = NULL;
+    s->reader = s->writer = NULL;
     if (s->loop->L != NULL) sr__socket_close(s);
-    /* else the state is closing: the loop's teardown closes the handle */
+    /* else the loop's teardown closes the handle */
   }
   return 0;
 }

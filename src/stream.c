@@ -108,6 +108,14 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
       sr_stream_stop(s);
     }
   } else if (nread < 0) {
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    /* libuv reports a hang-up after a partial read as EOF without reading
+    ** again; a reset peer leaves its error in SO_ERROR: report that. */
+    if (nread == UV_EOF && s->kind == SR_TCP &&
+        getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 &&
+        soerr != 0)
+      nread = -soerr;
     if (nread == UV_EOF)
       s->eof = 1;
     else
@@ -424,6 +432,9 @@ int sr__stream_write(lua_State *L) {
   sigset_t saved;
   for (i = 2; i <= n; i++) luaL_checklstring(L, i, NULL);
   if ((s = sr__check_socket(L, 1)) == NULL) return 3;
+  if (s->writer != NULL) /* refuse before a byte of ours goes out */
+    return luaL_error(L, "socket is busy: another task is already writing "
+                         "on it");
   if (s->werr != 0) return sr__fail(L, s->werr);
   if (s->shut) return sr__fail(L, UV_EPIPE);
   if (nb == 0) {

@@ -371,14 +371,6 @@ static int sr_task_tostring(lua_State *L) {
   return 1;
 }
 
-/* Only reached for a still-waiting task when the whole state closes. */
-static int sr_task_gc(lua_State *L) {
-  sr_task *t = sr_check_task(L, 1);
-  if (t->state == SR_TASK_WAITING) sr_task_detach(t);
-  sr_task_close_timer(t);
-  return 0;
-}
-
 static int sr_sleep_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
@@ -427,7 +419,11 @@ static const luaL_Reg sr_task_funcs[] = {{"spawn", sr__spawn},
                                          {"onerror", sr_onerror},
                                          {NULL, NULL}};
 
-/* Register the task metatable and functions into the table at the top. */
+/* Register the task metatable and functions into the table at the top.
+** Tasks have no __gc: a finalizer would keep each ended task's coroutine,
+** and all it references, alive for one more collection cycle, which under
+** connection churn lets the heap run ahead of the incremental collector.
+** At lua_close the loop's teardown closes their timers. */
 void sr__task_open(lua_State *L, sr_loop *lp) {
   luaL_newmetatable(L, SR_TASK_MT);
   lua_newtable(L);
@@ -435,8 +431,6 @@ void sr__task_open(lua_State *L, sr_loop *lp) {
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, sr_task_tostring);
   lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, sr_task_gc);
-  lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   sr__setfuncs(L, sr_task_funcs, lp);
 }
