@@ -324,4 +324,140 @@ function H.assert_exit(status, out, err, code)
   return err
 end
 
+-- Background processes ------------------------------------------------------
+
+--- Poll fn() every `interval` seconds (default 0.01), driving the loop in
+-- between, for at most `seconds` (default 10); returns fn's first true
+-- result, or nil when the time ran out.
+function H.wait_for(fn, seconds, interval)
+  local deadline = sr.now() + (seconds or 10)
+  while true do
+    local v = fn()
+    if v then return v end
+    if sr.now() >= deadline then return nil end
+    sr.sleep(interval or 0.01)
+  end
+end
+
+--- The exit status of a process from H.spawn (128+N when killed by signal
+-- N), or nil while it runs.
+function H.exit_status(proc)
+  local f = io.open(proc.status)
+  if not f then return nil end
+  local n = f:read("n")
+  f:close()
+  return n
+end
+
+--- Wait (driving the loop) for at most `seconds` (default 10) for a process
+-- from H.spawn to exit; returns its exit status, or nil if it still runs.
+function H.wait_exit(proc, seconds)
+  return H.wait_for(function() return H.exit_status(proc) end, seconds, 0.02)
+end
+
+--- Send signal `sig` ("TERM", "STOP"...) to a process from H.spawn if it
+-- still runs; returns whether it was sent.
+function H.kill(proc, sig)
+  if H.exit_status(proc) then return false end
+  return os.execute(string.format("kill -%s %d 2>/dev/null", sig, proc.pid))
+    == true
+end
+
+--- Start a shell command in the background, stdin from /dev/null, stdout
+-- and stderr to files. Returns a process {pid =, out = path, err = path}
+-- (for H.exit_status, H.wait_exit, H.kill); pid is the command's own when
+-- it is a simple command (prefixes that exec, as env or prlimit, keep it).
+-- Killed (SIGCONT, then SIGKILL) if it still runs when the test ends (see
+-- H.defer).
+function H.spawn(cmd)
+  local out, err, status = write_tmp(""), write_tmp(""), write_tmp("")
+  os.remove(status) -- appears, atomically, once the command has exited
+  local st = H.q(status)
+  local p = io.popen(string.format(
+    "(%s </dev/null >%s 2>%s & echo $!; wait $!; echo $? >%s.part; " ..
+    "mv %s.part %s) 2>/dev/null &", cmd, H.q(out), H.q(err), st, st, st))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  assert(pid, "could not start: " .. cmd)
+  local proc = { pid = pid, out = out, err = err, status = status }
+  H.defer(function()
+    if H.kill(proc, "CONT") then H.kill(proc, "KILL") end
+    H.wait_exit(proc, 5)
+    os.remove(out)
+    os.remove(err)
+    os.remove(status)
+  end)
+  return proc
+end
+
+--- Run the sockrun binary on a script (source text) in the background, as
+-- H.spawn does; `args` a shell-quoted string, opts.prefix a command prefix
+-- (an assignment such as "ASAN_OPTIONS=...", or "prlimit --nofile=64:64").
+-- Returns the process.
+function H.spawn_script(src, args, opts)
+  opts = opts or {}
+  local path = H.tmpfile(src, ".lua")
+  return H.spawn(string.format("%s %s %s %s", opts.prefix or "",
+    H.q(H.sockrun), H.q(path), args or ""))
+end
+
+--- Wait (driving the loop) for the first line a process from H.spawn
+-- prints to be a number (a port, say), and return it; fails the test with
+-- the process's stderr when it does not come within `seconds` (default 10).
+function H.read_port(proc, seconds)
+  local port = H.wait_for(function()
+    return tonumber(H.slurp(proc.out):match("^(%d+)\n"))
+  end, seconds)
+  assert(port, "no port from the process; stderr: " .. H.slurp(proc.err))
+  return port
+end
+
+local clock_ticks
+
+--- What /proc says of a running process: rss and hwm (resident and peak
+-- resident memory, KiB), fds (open descriptors), sockets (those of them
+-- that are sockets: for this process itself, where the pipe of the `ls`
+-- that counts may or may not be seen, count these) and cpu (seconds of
+-- user and system time); nil when it is gone.
+function H.proc_stats(pid)
+  local status = H.slurp("/proc/" .. pid .. "/status")
+  local rss = tonumber(status:match("VmRSS:%s*(%d+)"))
+  if not rss then return nil end
+  if not clock_ticks then
+    clock_ticks = tonumber((H.sh("getconf CLK_TCK"))) or 100
+  end
+  local fds, sockets = 0, 0
+  local ls = io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
+  for line in ls:lines() do
+    if line:find(" -> ", 1, true) then
+      fds = fds + 1
+      if line:find("-> socket:", 1, true) then sockets = sockets + 1 end
+    end
+  end
+  ls:close()
+  -- fields 14 and 15 of stat, counting from the state after the name
+  local utime, stime = H.slurp("/proc/" .. pid .. "/stat")
+    :match("%) %S+" .. (" %S+"):rep(10) .. " (%d+) (%d+)")
+  if not utime then return nil end -- gone meanwhile
+  return {
+    rss = rss,
+    hwm = tonumber(status:match("VmHWM:%s*(%d+)")),
+    fds = fds,
+    sockets = sockets,
+    cpu = (tonumber(utime) + tonumber(stime)) / clock_ticks,
+  }
+end
+
+local interpreter
+
+--- The Lua interpreter running the specs (lua5.4, or the sanitized one
+-- under make sanitize), to run a script as a host application would:
+-- `H.interpreter() .. " script.lua"`, LUA_PATH and LUA_CPATH inherited.
+function H.interpreter()
+  if not interpreter then
+    interpreter = H.sh("readlink /proc/" .. H.pid() .. "/exe"):match("[^\n]+")
+  end
+  return interpreter
+end
+
 return H
