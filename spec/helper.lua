@@ -460,4 +460,31 @@ function H.interpreter()
   return interpreter
 end
 
+--- A listener that never accepts, its backlog filled by connections that
+-- completed (so the next connect waits); nil when the system never fills
+-- it. Returns listener, port, the filling sockets; all are closed when the
+-- test ends (closing them before is fine).
+function H.full_listener()
+  local l = assert(H.sr.socket("inet", "stream"))
+  assert(l:bind("127.0.0.1", 0))
+  assert(l:listen(0))
+  local _, port = l:getsockname()
+  local fillers = {}
+  H.defer(function()
+    for _, s in ipairs(fillers) do s:close() end
+    l:close()
+  end)
+  for _ = 1, 32 do
+    local c = assert(H.sr.socket("inet", "stream"))
+    c:settimeout(0.2)
+    local ok, _, code = c:connect("127.0.0.1", port)
+    fillers[#fillers + 1] = c
+    if not ok then
+      assert(code == "ETIMEDOUT", code)
+      return l, port, fillers
+    end
+  end
+  return nil
+end
+
 return H

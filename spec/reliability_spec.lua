@@ -115,31 +115,7 @@ local function stalled(fn, interval)
   return n or last
 end
 
---- A listener that never accepts, its backlog filled by connections that
--- completed (so the next connect waits); nil when the system never fills
--- it. Returns listener, port, the filling sockets.
-local function full_listener()
-  local l = assert(sr.socket("inet", "stream"))
-  assert(l:bind("127.0.0.1", 0))
-  assert(l:listen(0))
-  local _, port = l:getsockname()
-  local fillers = {}
-  H.defer(function()
-    for _, s in ipairs(fillers) do s:close() end
-    l:close()
-  end)
-  for _ = 1, 32 do
-    local c = assert(sr.socket("inet", "stream"))
-    c:settimeout(0.2)
-    local ok, _, code = c:connect("127.0.0.1", port)
-    fillers[#fillers + 1] = c
-    if not ok then
-      assert.equal("ETIMEDOUT", code)
-      return l, port, fillers
-    end
-  end
-  return nil
-end
+local full_listener = H.full_listener
 
 --- Echo traffic in the background, four clients doing round trips of 4 KiB
 -- as fast as they can, until the test ends. Returns its counters: trips,

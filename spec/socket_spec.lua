@@ -37,23 +37,7 @@ end
 -- A listener whose backlog is full, so that the next connect hangs; the
 -- sockets used to fill it come back to be closed. nil when the system
 -- completes every connection (then a connect timeout cannot be provoked).
-local function full_listener()
-  local l, port = listener("127.0.0.1", "inet", 0)
-  local fillers = {}
-  for _ = 1, 32 do
-    local c = assert(sr.socket("inet", "stream"))
-    c:settimeout(0.2)
-    local ok, _, code = c:connect("127.0.0.1", port)
-    fillers[#fillers + 1] = c
-    if not ok then
-      assert.equal("ETIMEDOUT", code)
-      return l, port, fillers
-    end
-  end
-  for _, c in ipairs(fillers) do c:close() end
-  l:close()
-  return nil
-end
+local full_listener = H.full_listener
 
 local function close_all(list)
   for _, s in ipairs(list) do s:close() end
