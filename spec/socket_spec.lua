@@ -1036,6 +1036,27 @@ describe("sr.listen and sr.connect", function()
     H.assert_eai(sr.connect("no-such-host.invalid", 80))
   end)
 
+  it("goes on waiting for the same attempt when called again after a " ..
+     "timeout", function()
+    local l, port = full_listener()
+    if not l then return pending("the system never fills a backlog") end
+    local c = assert(sr.socket("inet", "stream"))
+    H.defer(function() c:close() end)
+    c:settimeout(0.1)
+    H.assert_timeout(c:connect("127.0.0.1", port))
+    -- room in the backlog for every attempt still pending (c's and the
+    -- last filler's): the kernel completes them as their SYNs come again
+    l:settimeout(0.2)
+    for _ = 1, 8 do
+      local a = l:accept()
+      if not a then break end
+      H.defer(function() a:close() end)
+    end
+    c:settimeout(5)
+    assert.is_true(c:connect("127.0.0.1", port))
+    H.assert_fail("EISCONN", c:connect("127.0.0.1", port))
+  end)
+
   it("sr.connect times out with opts.timeout", function()
     local l, port, fillers = full_listener()
     if not l then return pending("the system never fills a backlog") end

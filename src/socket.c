@@ -583,7 +583,9 @@ static int sr_socket_connect(lua_State *L) {
   if (s == NULL) return 3;
   len = sr_check_sockaddr(L, s, 2, &ss);
   if (s->kind != SR_DGRAM && s->connected) return sr__fail(L, UV_EISCONN);
-  if (s->connect_status != 0) return sr__fail(L, UV_EALREADY);
+  /* A connect that timed out is still under way (or has ended since):
+  ** calling connect again waits for that one, with a fresh timeout. */
+  if (s->connect_status != 0) return sr_socket_connect_k(L, LUA_OK, 0);
   if (s->listening) return sr__fail(L, UV_EINVAL);
   if (s->kind != SR_TCP) { /* unix and datagram: immediate */
     if (connect(s->fd, (struct sockaddr *)&ss, len) < 0)
