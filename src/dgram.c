@@ -56,10 +56,6 @@ static int sr_dgram_wait(lua_State *L, sr_socket *s, int reading, int fresh,
                          reading ? SR_TREAD : SR_TWRITE, fresh, ctx, k);
 }
 
-static sr_task *sr_dgram_self(sr_socket *s) {
-  return s->loop->current ? s->loop->current : &s->loop->main;
-}
-
 /* recvfrom into the loop's buffer: data, host, port (unix: data, path). */
 static int sr_dgram_recv_k(lua_State *L, int status, lua_KContext ctx) {
   int fresh = (status == LUA_OK), with_addr = (int)ctx;
@@ -69,7 +65,7 @@ static int sr_dgram_recv_k(lua_State *L, int status, lua_KContext ctx) {
     socklen_t len = sizeof ss;
     ssize_t n;
     if (s == NULL) return 3;
-    if (!fresh && sr__timedout(sr_dgram_self(s)))
+    if (!fresh && sr__timedout(s->loop))
       return sr__fail(L, UV_ETIMEDOUT);
     n = recvfrom(s->fd, s->loop->rbuf, sizeof s->loop->rbuf, 0,
                  (struct sockaddr *)&ss, &len);
@@ -123,7 +119,7 @@ static int sr_dgram_send_k(lua_State *L, int status, lua_KContext ctx) {
       else
         len = sr__check_inaddr(L, 3, 4, s->family, &ss);
     }
-    if (!fresh && sr__timedout(sr_dgram_self(s)))
+    if (!fresh && sr__timedout(s->loop))
       return sr__fail(L, UV_ETIMEDOUT);
     r = sendto(s->fd, data, n, MSG_NOSIGNAL,
                len ? (struct sockaddr *)&ss : NULL, len);

@@ -82,8 +82,7 @@ static int sr_resolve_k(lua_State *L, int status, lua_KContext ctx) {
       free(r);
       return n;
     }
-    t = lp->current ? lp->current : &lp->main;
-    if (!fresh && sr__timedout(t)) return sr__fail(L, UV_ETIMEDOUT);
+    if (!fresh && sr__timedout(lp)) return sr__fail(L, UV_ETIMEDOUT);
     t = sr__self(L, lp);
     r->task = t;
     t->wait_on = r;

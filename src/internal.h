@@ -156,6 +156,7 @@ enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };
 /* util.c */
 int sr__fail(lua_State *L, int err);
 int sr__fail_msg(lua_State *L, const char *msg, const char *code);
+void sr__free_close_cb(uv_handle_t *h);
 void sr__setfuncs(lua_State *L, const luaL_Reg *l, sr_loop *lp);
 int sr__check_family(lua_State *L, int arg);
 int sr__check_name(lua_State *L, int arg, const char *const names[],
@@ -181,7 +182,7 @@ sr_task *sr__self(lua_State *L, sr_loop *lp);
 int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
              lua_KContext ctx, lua_KFunction k);
 void sr__wake(sr_task *t, int status);
-int sr__timedout(sr_task *t);
+int sr__timedout(sr_loop *lp);
 void sr__report(sr_loop *lp, lua_State *R, int tidx);
 void sr__task_open(lua_State *L, sr_loop *lp);
 int sr__spawn(lua_State *L);

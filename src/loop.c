@@ -141,10 +141,6 @@ static int sr_counts(lua_State *L) {
 /* Teardown, when the Lua state closes (the loop userdata is finalized     */
 /* last, having been created first).                                      */
 
-static void sr_free_close_cb(uv_handle_t *h) {
-  free(h);
-}
-
 /* Teardown closes sockets first (pass 1), each with its linger timer, so
 ** that no later callback of theirs finds a timer the walk already closed;
 ** then everything else (pass 2). */
@@ -166,14 +162,14 @@ static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
     s->closing = 1;
     s->reader = s->writer = NULL; /* no task is woken at teardown */
     if (s->linger != NULL) {
-      uv_close((uv_handle_t *)s->linger, sr_free_close_cb);
+      uv_close((uv_handle_t *)s->linger, sr__free_close_cb);
       s->linger = NULL;
     }
     uv_close(h, sr__socket_close_cb);
     if (h->type == UV_POLL) close(s->fd);
   } else if (pass == 2) {
     /* task timers and signal watchers: malloc'd, handle first */
-    uv_close(h, sr_free_close_cb);
+    uv_close(h, sr__free_close_cb);
   }
 }
 

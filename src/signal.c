@@ -22,10 +22,6 @@ static const struct {
                    {"SIGWINCH", SIGWINCH}, {"SIGCHLD", SIGCHLD},
                    {"SIGALRM", SIGALRM},   {NULL, 0}};
 
-static void sr_signal_close_cb(uv_handle_t *h) {
-  free(h);
-}
-
 /* Spawn a task running the handler: the main thread's stack is free here,
 ** since callbacks run from uv_run, which no task ever calls. */
 static void sr_signal_cb(uv_signal_t *h, int signum) {
@@ -61,7 +57,7 @@ static int sr_signal_watch(lua_State *L) {
     luaL_unref(L, LUA_REGISTRYINDEX, sg->fn);
     sg->fn = LUA_NOREF;
     if (lua_isnil(L, 2)) {
-      uv_close((uv_handle_t *)&sg->h, sr_signal_close_cb);
+      uv_close((uv_handle_t *)&sg->h, sr__free_close_cb);
       lp->signals[sr_signames[i].num] = NULL;
     } else {
       lua_settop(L, 2);
@@ -79,7 +75,7 @@ static int sr_signal_watch(lua_State *L) {
   uv_signal_init(&lp->uv, &sg->h);
   err = uv_signal_start(&sg->h, sr_signal_cb, sr_signames[i].num);
   if (err < 0) {
-    uv_close((uv_handle_t *)&sg->h, sr_signal_close_cb);
+    uv_close((uv_handle_t *)&sg->h, sr__free_close_cb);
     return sr__fail(L, err);
   }
   uv_unref((uv_handle_t *)&sg->h);

@@ -61,11 +61,9 @@ static void sr_socket_uv_close(sr_socket *s) {
   uv_close(&s->h.handle, sr__socket_close_cb);
 }
 
-static void sr_linger_close_cb(uv_handle_t *h) { free(h); }
-
 static void sr_linger_stop(sr_socket *s) {
   if (s->linger != NULL) {
-    uv_close((uv_handle_t *)s->linger, sr_linger_close_cb);
+    uv_close((uv_handle_t *)s->linger, sr__free_close_cb);
     s->linger = NULL;
   }
 }
@@ -531,7 +529,7 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
       return 1 + sr__push_addr(L, (struct sockaddr *)&ss, (socklen_t)len);
     }
     if (!fresh &&
-        sr__timedout(s->loop->current ? s->loop->current : &s->loop->main))
+        sr__timedout(s->loop))
       return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_socket_accept_k);
     fresh = 0;
@@ -554,7 +552,6 @@ static int sr_socket_connect_k(lua_State *L, int status, lua_KContext ctx) {
   int fresh = (status == LUA_OK);
   for (;;) {
     sr_socket *s = sr__check_socket(L, 1);
-    sr_task *self;
     if (s == NULL) return 3;
     if (s->connect_status == 2) {
       int err = s->cresult;
@@ -564,8 +561,7 @@ static int sr_socket_connect_k(lua_State *L, int status, lua_KContext ctx) {
       lua_pushboolean(L, 1);
       return 1;
     }
-    self = s->loop->current ? s->loop->current : &s->loop->main;
-    if (!fresh && sr__timedout(self)) return sr__fail(L, UV_ETIMEDOUT);
+    if (!fresh && sr__timedout(s->loop)) return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->writer, SR_TCONNECT, fresh, ctx,
                     sr_socket_connect_k);
     fresh = 0;

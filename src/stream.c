@@ -245,7 +245,7 @@ static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
     if (s == NULL) return 3;
     if ((n = sr__stream_try_read(L, s, fmt, count, keep)) > 0) return n;
     if (!fresh &&
-        sr__timedout(s->loop->current ? s->loop->current : &s->loop->main))
+        sr__timedout(s->loop))
       return sr__fail(L, UV_ETIMEDOUT);
     sr__stream_start(s);
     if (s->rerr != 0) continue; /* could not start: report it */
@@ -385,7 +385,7 @@ static int sr_stream_write_k(lua_State *L, int status, lua_KContext ctx) {
       return 1;
     }
     if (!fresh &&
-        sr__timedout(s->loop->current ? s->loop->current : &s->loop->main))
+        sr__timedout(s->loop))
       return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->writer, SR_TWRITE, fresh, ctx, sr_stream_write_k);
     fresh = 0;

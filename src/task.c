@@ -16,10 +16,6 @@
 
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 
-static void sr_timer_close_cb(uv_handle_t *h) {
-  free(h);
-}
-
 static void sr_task_timer_cb(uv_timer_t *timer) {
   sr_task *t = timer->data;
   if (t != NULL) sr__wake(t, UV_ETIMEDOUT);
@@ -40,7 +36,7 @@ static int sr_task_arm(sr_task *t, uint64_t ms) {
 static void sr_task_close_timer(sr_task *t) {
   if (t->timer != NULL) {
     t->timer->data = NULL;
-    uv_close((uv_handle_t *)t->timer, sr_timer_close_cb);
+    uv_close((uv_handle_t *)t->timer, sr__free_close_cb);
     t->timer = NULL;
   }
 }
@@ -83,7 +79,10 @@ sr_task *sr__self(lua_State *L, sr_loop *lp) {
   return &lp->main;
 }
 
-int sr__timedout(sr_task *t) {
+/* Whether the wait the running context just came back from timed out:
+** the current task's, or outside tasks the loop-driving pseudo-task's. */
+int sr__timedout(sr_loop *lp) {
+  sr_task *t = lp->current ? lp->current : &lp->main;
   return t->wake == UV_ETIMEDOUT;
 }
 
@@ -310,7 +309,7 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
       default: break;
     }
     self = sr__self(L, lp);
-    if (!fresh && sr__timedout(self)) return sr__fail(L, UV_ETIMEDOUT);
+    if (!fresh && sr__timedout(lp)) return sr__fail(L, UV_ETIMEDOUT);
     if (self == target) luaL_error(L, "a task cannot join itself");
     self->next_joiner = target->joiners;
     target->joiners = self;

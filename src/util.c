@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
 
@@ -31,6 +32,10 @@ int sr__fail_msg(lua_State *L, const char *msg, const char *code) {
   lua_pushstring(L, code);
   return 3;
 }
+
+/* Close callback of the handles we malloc'd with the handle first (task
+** and linger timers, signal watchers): their memory goes here. */
+void sr__free_close_cb(uv_handle_t *h) { free(h); }
 
 /* luaL_setfuncs with the loop as the single upvalue of every function. */
 void sr__setfuncs(lua_State *L, const luaL_Reg *l, sr_loop *lp) {
