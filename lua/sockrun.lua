@@ -126,37 +126,32 @@ end
 local guard_mt = { __close = function(g) if g.s then g.s:close() end end }
 local function guard(s) return setmetatable({ s = s }, guard_mt) end
 
---- s:bind(host, port) / s:bind(path). "*" is the any-address.
-function methods:bind(host, port)
+-- bind and connect alike: a unix path as it is, or host and port checked
+-- and a name resolved (within the connect timeout), then the C call.
+local function at_address(self, raw, fname, host, port)
   local family, err, code = self:family()
   if not family then return nil, err, code end
   if family == "unix" then
-    check_path(host, 1, "bind")
-    return raw_bind(self, host)
+    check_path(host, 1, fname)
+    return raw(self, host)
   end
-  local kind = check_host(host, 1, "bind", family)
-  check_port(port, 2, "bind")
+  local kind = check_host(host, 1, fname, family)
+  check_port(port, 2, fname)
   local addr
   addr, err, code = address_for(host, kind, family, (self:gettimeouts()))
   if not addr then return nil, err, code end
-  return raw_bind(self, addr, port)
+  return raw(self, addr, port)
+end
+
+--- s:bind(host, port) / s:bind(path). "*" is the any-address.
+function methods:bind(host, port)
+  return at_address(self, raw_bind, "bind", host, port)
 end
 
 --- s:connect(host, port) / s:connect(path); names are resolved within the
 -- connect timeout.
 function methods:connect(host, port)
-  local family, err, code = self:family()
-  if not family then return nil, err, code end
-  if family == "unix" then
-    check_path(host, 1, "connect")
-    return raw_connect(self, host)
-  end
-  local kind = check_host(host, 1, "connect", family)
-  check_port(port, 2, "connect")
-  local addr
-  addr, err, code = address_for(host, kind, family, (self:gettimeouts()))
-  if not addr then return nil, err, code end
-  return raw_connect(self, addr, port)
+  return at_address(self, raw_connect, "connect", host, port)
 end
 
 --- s:sendto(data, host, port) / s:sendto(data, path) / s:sendto(data).
