@@ -175,10 +175,22 @@ function methods:sendto(data, host, port)
   return raw_sendto(self, data, addr, port)
 end
 
---- Iterator over s:read(fmt or "l") until end of file or an error.
-function methods:lines(fmt)
-  fmt = fmt or "l"
-  return function() return (self:read(fmt)) end
+--- Iterator over s:read(...) (default "l") until end of file or an
+-- error, as file:lines: each step gives one value per format.
+function methods:lines(...)
+  local n = select("#", ...)
+  if n <= 1 then
+    local fmt = ... or "l"
+    return function() return (self:read(fmt)) end
+  end
+  local fmts = { ... }
+  return function()
+    local values = { self:read(table.unpack(fmts, 1, n)) }
+    for i = 1, n do
+      if values[i] == nil then return nil end -- a format failed: stop
+    end
+    return table.unpack(values, 1, n)
+  end
 end
 
 --- sr.connect(host, port [, opts]) / sr.connect(path [, opts]): a
@@ -224,16 +236,17 @@ end
 
 -- Leaves the set of running handlers (and closes the connection) however
 -- the handler ends: return, error or cancel.
+-- The record is { tasks, task, conn }: array slots, the smallest table.
 local handler_end_mt = { __close = function(h)
-  h.tasks[h.task] = nil
-  h.conn:close()
+  h[1][h[2]] = nil
+  h[3]:close()
 end }
 
 -- One connection: the handler's task owns it and closes it on the way out.
 local function serve(tasks, handler, conn, host, port)
-  local _ <close> = setmetatable({ tasks = tasks, task = core.current(),
-    conn = conn }, handler_end_mt)
-  tasks[core.current()] = true
+  local task = core.current()
+  local _ <close> = setmetatable({ tasks, task, conn }, handler_end_mt)
+  tasks[task] = true
   handler(conn, host, port)
 end
 

@@ -40,6 +40,145 @@ for _, kind in ipairs({ "tcp", "unix" }) do
       a:close()
     end)
 
+    describe("with several formats and \"n\"", function()
+      -- Values as a list with their count, to compare whole results.
+      local function pack(...) return table.pack(...) end
+      local function same(want, got)
+        assert.equal(want.n, got.n)
+        for i = 1, want.n do
+          assert.equal(want[i], got[i])
+          assert.equal(math.type(want[i]), math.type(got[i]))
+        end
+      end
+
+      it("returns one value per format, in order, as file:read", function()
+        a:write("head\r\n12345tail\nrest")
+        same(pack("head", "123", "45tail\n", "re"), pack(c:read("l", 3, "L", 2)))
+        assert.equal("st", c:read())
+      end)
+
+      it("waits for every format, the bytes arriving in pieces", function()
+        local t = sr.spawn(function()
+          for _, piece in ipairs({ "*", "1", "2\r", "\n$", "3\r\nab", "c\r\n" }) do
+            a:write(piece)
+            sr.sleep(0.01)
+          end
+        end)
+        same(pack("*", 12, ""), pack(c:read(1, "n", "l")))
+        same(pack("$", 3, "", "abc", ""), pack(c:read(1, "n", "l", 3, "l")))
+        t:join(5)
+      end)
+
+      it("waits for every format inside a task", function()
+        in_task(function()
+          local t = sr.spawn(function()
+            a:write("7 ")
+            sr.sleep(0.02)
+            a:write("8\n")
+          end)
+          same(pack(7, 8), pack(c:read("n", "n")))
+          t:join(5)
+        end)
+      end)
+
+      it("reads numbers with \"n\" as Lua's file:read does", function()
+        a:write("42 -7 +3 0x1F 3.25 -1e3 0x.8p1 .5 007\n")
+        same(pack(42, -7, 3, 31, 3.25, -1000.0, 1.0, 0.5, 7),
+          pack(c:read("n", "n", "n", "n", "n", "n", "n", "n", "n")))
+        assert.equal("", c:read("l")) -- the LF after the last numeral
+      end)
+
+      it("skips white space before a number, line ends included", function()
+        a:write(" \t\r\n 12\r\n\n 34x")
+        same(pack(12, 34, "x"), pack(c:read("n", "n", 1)))
+      end)
+
+      it("accepts \"*n\", as LuaSocket-era code spells formats", function()
+        a:write("5\n")
+        assert.equal(5, c:read("*n"))
+      end)
+
+      it("returns nil, \"not a number\", \"EPROTO\" and leaves the bytes",
+        function()
+          a:write("abc\n")
+          H.assert_fail_msg("not a number", "EPROTO", c:read("n"))
+          assert.equal("abc", c:read("l"))
+        end)
+
+      it("fails a malformed numeral and leaves it unread", function()
+        a:write("1e+\n0x\n")
+        H.assert_fail_msg("not a number", "EPROTO", c:read("n"))
+        assert.equal("1e+", c:read("l"))
+        H.assert_fail_msg("not a number", "EPROTO", c:read("n"))
+        assert.equal("0x", c:read("l"))
+      end)
+
+      it("fails a numeral longer than 200 bytes", function()
+        local long = string.rep("1", 201)
+        a:write(long .. "\n")
+        H.assert_fail_msg("not a number", "EPROTO", c:read("n"))
+        assert.equal(long, c:read("l"))
+      end)
+
+      it("returns the values read before a failing format, then the failure",
+        function()
+          a:write("$x\n")
+          same(pack("$", nil, "not a number", "EPROTO"), pack(c:read(1, "n", "l")))
+          assert.equal("x", c:read("l"))
+        end)
+
+      it("reads a number ended by end of file", function()
+        a:write("  12")
+        a:close()
+        same(pack(12, nil, "end of file", "EOF"), pack(c:read("n", "n")))
+      end)
+
+      it("returns nil, EOF for \"n\" at end of file after white space", function()
+        a:write(" \n ")
+        a:shutdown()
+        H.assert_eof(c:read("n"))
+      end)
+
+      it("times out between formats, keeping what it read, and stays usable",
+        function()
+          c:settimeout(0.05)
+          a:write("first\n")
+          same(pack("first", nil, "timeout", "ETIMEDOUT"), pack(c:read("l", "l")))
+          a:write("second\n")
+          assert.equal("second", c:read("l"))
+        end)
+
+      it("takes more formats than the C stack's minimum space", function()
+        local n = 60
+        a:write(string.rep("9 ", n) .. "\n")
+        local fmts = {}
+        for i = 1, n do fmts[i] = "n" end
+        local got = pack(c:read(table.unpack(fmts)))
+        assert.equal(n, got.n)
+        for i = 1, n do assert.equal(9, got[i]) end
+      end)
+
+      it("returns nil, \"socket is closed\" when closed between formats",
+        function()
+          local t = sr.spawn(function()
+            sr.sleep(0.02)
+            c:close()
+          end)
+          a:write("one\n")
+          same(pack("one", nil, "socket is closed", "EBADF"), pack(c:read("l", "l")))
+          t:join(5)
+        end)
+
+      it("iterates several formats with s:lines, ending at a failure",
+        function()
+          a:write("1 one\n2 two\nx three\n")
+          a:close()
+          local got = {}
+          for n, name in c:lines("n", "l") do got[#got + 1] = n .. "=" .. name end
+          assert.same({ "1= one", "2= two" }, got)
+        end)
+    end)
+
     -- name; what the peer writes; the format; what each read gives in turn
     local line_cases = {
       { "reads a line without its LF with \"l\"",
@@ -184,9 +323,12 @@ for _, kind in ipairs({ "tcp", "unix" }) do
       H.raises(function() return c:read(1.5) end, "bad argument #1 to 'read'")
     end)
 
-    it("raises for more than one format", function()
-      H.raises(function() return c:read("l", "l") end, "one format")
-    end)
+    it("raises for an invalid format in a later position, naming it",
+      function()
+        a:write("x\n")
+        H.raises(function() return c:read("l", "q") end,
+          "bad argument #2 to 'read'", "invalid format")
+      end)
 
     it("returns nil, \"line too long\", \"ENOBUFS\" past setmaxline",
       function()

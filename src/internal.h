@@ -85,7 +85,6 @@ struct sr_loop {
   int running;       /* > 0 while inside uv_run */
   int stopped;       /* sr.stop() was called */
   int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
-  const void *socket_mt; /* the socket metatable, to check arguments */
   int onerror_ref;   /* sr.onerror hook, or LUA_NOREF */
   void *signals[65]; /* sr.signal handlers by signal number */
   int nsockets;      /* socket structs not yet freed */
@@ -202,13 +201,20 @@ void sr__socket_close_cb(uv_handle_t *h);
 
 /* stream.c; the buffer and framing functions are also what the fuzz
 ** target (spec/fuzz/framing.c) drives */
-typedef enum { SR_READ_ANY, SR_READ_LINE, SR_READ_ALL, SR_READ_COUNT } sr_fmt;
+typedef enum {
+  SR_READ_ANY,
+  SR_READ_LINE,
+  SR_READ_ALL,
+  SR_READ_COUNT,
+  SR_READ_NUMBER
+} sr_fmt;
+#define SR_NUMERAL_MAX 200 /* longest "n" numeral, as liolib's */
 int sr__stream_append(sr_socket *s, const char *p, size_t n);
 int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
                         int keep);
 void sr__stream_start(sr_socket *s);
 void sr__stream_release(sr_socket *s);
-int sr__stream_read(lua_State *L);
+int sr__stream_read(lua_State *L, sr_socket *s);
 int sr__stream_write(lua_State *L);
 int sr__stream_flush(sr_socket *s);
 int sr__stream_shutdown(lua_State *L);

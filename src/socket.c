@@ -108,19 +108,25 @@ void sr__socket_finish_close(sr_socket *s) {
   sr_socket_uv_close(s);
 }
 
-/* The userdata at arg, checked to be a socket by its metatable's address
-** (kept in the loop), not by name as luaL_checkudata does: that costs a
-** registry lookup and a string compare on every read and write. */
+/*
+** A socket's userdata: a tag, then the socket (NULL once closed). The tag
+** is the address of a variable of ours, and only C code makes full
+** userdata, so it tells a socket from any other value without fetching
+** the metatable (or, as luaL_checkudata does, looking it up by name) on
+** every read and write.
+*/
+static const char sr_socket_tag[] = SR_SOCKET_MT;
+
+typedef struct {
+  const char *tag;
+  sr_socket *s;
+} sr_socket_box;
+
 static sr_socket **sr_socket_ud(lua_State *L, int arg) {
-  sr_loop *lp = sr_getloop(L);
-  sr_socket **ud = lua_touserdata(L, arg);
-  const void *mt = NULL;
-  if (ud != NULL && lua_getmetatable(L, arg)) {
-    mt = lua_topointer(L, -1);
-    lua_pop(L, 1);
-  }
-  if (mt == NULL || mt != lp->socket_mt) luaL_typeerror(L, arg, SR_SOCKET_MT);
-  return ud;
+  sr_socket_box *b = lua_touserdata(L, arg);
+  if (b == NULL || lua_rawlen(L, arg) != sizeof *b || b->tag != sr_socket_tag)
+    luaL_typeerror(L, arg, SR_SOCKET_MT);
+  return &b->s;
 }
 
 sr_socket *sr__to_socket(lua_State *L, int arg) {
@@ -182,9 +188,11 @@ static size_t sr_socket_size(sr_kind kind) {
 */
 static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
                                  int family, int make_fd, int *errp) {
-  sr_socket **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  sr_socket_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  sr_socket **ud = &b->s;
   sr_socket *s;
   int err = 0, inited = 0; /* inited: handle registered, even if err */
+  b->tag = sr_socket_tag;
   *ud = NULL;
   luaL_setmetatable(L, SR_SOCKET_MT);
   s = calloc(1, sr_socket_size(kind));
@@ -514,8 +522,7 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
       if (c == NULL) return sr__fail(L, UV_ENOMEM);
       err = uv_accept(&s->h.stream, &c->h.stream);
       if (err < 0) {
-        sr_socket **ud = lua_touserdata(L, -1);
-        *ud = NULL;
+        *sr_socket_ud(L, -1) = NULL;
         c->closed = 1;
         sr_socket_uv_close(c);
         return sr__fail(L, err);
@@ -728,9 +735,9 @@ static int sr_socket_tostring(lua_State *L) {
 
 /* read, write and friends differ for streams and datagrams. */
 static int sr_socket_read(lua_State *L) {
-  sr_socket *s = sr__to_socket(L, 1);
-  return s != NULL && s->kind == SR_DGRAM ? sr__dgram_read(L)
-                                          : sr__stream_read(L);
+  sr_socket *s = sr__check_socket(L, 1);
+  if (s == NULL) return 3;
+  return s->kind == SR_DGRAM ? sr__dgram_read(L) : sr__stream_read(L, s);
 }
 
 static int sr_socket_write(lua_State *L) {
@@ -814,7 +821,6 @@ static const struct {
 void sr__socket_open(lua_State *L, sr_loop *lp) {
   int i;
   luaL_newmetatable(L, SR_SOCKET_MT);
-  lp->socket_mt = lua_topointer(L, -1);
   lua_newtable(L);
   sr__setfuncs(L, sr_socket_methods, lp);
   lua_pushvalue(L, -1);

@@ -7,6 +7,7 @@
 ** just before the loop polls.
 */
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,18 +159,19 @@ void sr__stream_release(sr_socket *s) {
 static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count, int *keep) {
   const char *f;
   *keep = 0;
-  if (lua_isnoneornil(L, arg)) return SR_READ_ANY;
   if (lua_type(L, arg) == LUA_TNUMBER) {
     lua_Integer n = luaL_checkinteger(L, arg);
     luaL_argcheck(L, n >= 0, arg, "count must be >= 0");
     *count = (size_t)n;
     return SR_READ_COUNT;
   }
+  if (lua_isnoneornil(L, arg)) return SR_READ_ANY;
   f = luaL_checkstring(L, arg);
   if (*f == '*') f++; /* "*l", as Lua 5.1-5.3 and LuaSocket spell it */
   switch (*f) {
     case 'l': return SR_READ_LINE;
     case 'L': *keep = 1; return SR_READ_LINE;
+    case 'n': return SR_READ_NUMBER;
     case 'a': return SR_READ_ALL;
     default: return (sr_fmt)luaL_argerror(L, arg, "invalid format");
   }
@@ -186,8 +188,85 @@ static int sr_stream_end(lua_State *L, sr_socket *s) {
 }
 
 /*
+** Length of the numeral at the start of p[0..n), scanned as liolib scans
+** for "n": a sign, "0x", digits, a point and digits, an exponent. Returns
+** -1 when the bytes end where the numeral might go on (and more may come);
+** the byte that ends a numeral is not part of it.
+*/
+static long sr_numeral_len(const char *p, size_t n, int ended) {
+  size_t i = 0, digits = 0;
+  int hex = 0;
+#define SR_PEEK (i < n ? (unsigned char)p[i] : -1)
+#define SR_ACCEPT(a, b) (SR_PEEK == (a) || SR_PEEK == (b) ? (i++, 1) : 0)
+#define SR_DIGITS(k)                                               \
+  while (SR_PEEK != -1 && (hex ? isxdigit(SR_PEEK) : isdigit(SR_PEEK))) \
+    i++, (k)++
+  SR_ACCEPT('-', '+');
+  if (SR_ACCEPT('0', '0')) {
+    if (SR_ACCEPT('x', 'X')) hex = 1;
+    else digits = 1;
+  }
+  SR_DIGITS(digits);
+  if (SR_ACCEPT('.', '.')) SR_DIGITS(digits);
+  if (digits > 0 && (hex ? SR_ACCEPT('p', 'P') : SR_ACCEPT('e', 'E'))) {
+    size_t exp = 0;
+    int was_hex = hex;
+    SR_ACCEPT('-', '+');
+    hex = 0;
+    SR_DIGITS(exp);
+    hex = was_hex;
+  }
+#undef SR_PEEK
+#undef SR_ACCEPT
+#undef SR_DIGITS
+  return i == n && !ended ? -1 : (long)i;
+}
+
+/* The usual numeral, a short decimal integer, converted in place. */
+static int sr_small_integer(const char *p, long len, lua_Integer *v) {
+  long i = (p[0] == '-' || p[0] == '+');
+  lua_Integer n = 0;
+  if (len - i < 1 || len - i > 18) return 0;
+  for (; i < len; i++) {
+    if (!isdigit((unsigned char)p[i])) return 0;
+    n = n * 10 + (p[i] - '0');
+  }
+  *v = p[0] == '-' ? -n : n;
+  return 1;
+}
+
+/* "n": skip (and consume) white space, then convert the numeral that
+** follows. A malformed or overlong numeral is left unread. */
+static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
+  char num[SR_NUMERAL_MAX + 1];
+  lua_Integer v;
+  long len;
+  size_t ws = 0;
+  while (ws < s->len && isspace((unsigned char)s->buf[s->off + ws])) ws++;
+  if (ws > 0) sr_stream_consume(s, ws);
+  if (s->len == 0) return ended ? sr_stream_end(L, s) : 0;
+  len = sr_numeral_len(s->buf + s->off, s->len, ended);
+  if (len < 0 && s->len <= SR_NUMERAL_MAX) return 0; /* more may come */
+  if (len > 0 && sr_small_integer(s->buf + s->off, len, &v)) {
+    lua_pushinteger(L, v);
+    sr_stream_consume(s, (size_t)len);
+    return 1;
+  }
+  if (len > 0 && len <= SR_NUMERAL_MAX) {
+    memcpy(num, s->buf + s->off, (size_t)len);
+    num[len] = '\0';
+    if (lua_stringtonumber(L, num) != 0) {
+      sr_stream_consume(s, (size_t)len);
+      return 1;
+    }
+  }
+  return sr__fail_msg(L, "not a number", "EPROTO");
+}
+
+/*
 ** Try to satisfy one read from the buffer: push the result and return the
-** number of values, or return 0 when more bytes are needed.
+** number of values (1, or 3 for nil, message, code), or return 0 when
+** more bytes are needed.
 */
 int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
                               size_t count, int keep) {
@@ -210,6 +289,8 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
         return 1;
       }
       break;
+    case SR_READ_NUMBER:
+      return sr_stream_number(L, s, ended);
     case SR_READ_LINE: {
       const char *base = s->buf + s->off;
       const char *nl = s->len > s->scanned ? memchr(base + s->scanned, '\n',
@@ -235,28 +316,50 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
   return 0;
 }
 
-static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
-  int fresh = (status == LUA_OK);
-  size_t count = 0;
-  int keep, n;
-  sr_fmt fmt = sr_check_format(L, 2, &count, &keep);
+/*
+** Read the formats at arg 2.. in turn, as file:read does: one value each;
+** the first that fails ends the call with nil, message, code after the
+** values read so far. done counts the formats read: their values sit on
+** the stack above the arguments while the task waits for more bytes.
+*/
+static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx);
+
+static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
+                               int fresh) {
+  int nfmt = lua_gettop(L) - 1 - done; /* 0: no format, whatever comes */
   for (;;) {
-    sr_socket *s = sr__check_socket(L, 1);
-    if (s == NULL) return 3;
-    if ((n = sr__stream_try_read(L, s, fmt, count, keep)) > 0) return n;
-    if (!fresh &&
-        sr__timedout(s->loop))
-      return sr__fail(L, UV_ETIMEDOUT);
-    sr__stream_start(s);
-    if (s->rerr != 0) continue; /* could not start: report it */
-    sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_stream_read_k);
-    fresh = 0;
+    size_t count = 0;
+    int keep, n;
+    sr_fmt fmt = sr_check_format(L, 2 + done, &count, &keep);
+    while ((n = sr__stream_try_read(L, s, fmt, count, keep)) == 0) {
+      if (!fresh && sr__timedout(s->loop))
+        return done + sr__fail(L, UV_ETIMEDOUT);
+      sr__stream_start(s);
+      if (s->rerr != 0) continue; /* could not start: report it */
+      sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, done,
+                      sr_stream_read_k);
+      /* Outside a task the wait returns here once woken; in one, the
+      ** task resumes in sr_stream_read_k. */
+      fresh = 0;
+      if ((s = sr__check_socket(L, 1)) == NULL) return done + 3;
+    }
+    if (n > 1) return done + n;   /* nil, message, code */
+    if (++done >= nfmt) return done;
   }
 }
 
-int sr__stream_read(lua_State *L) {
-  luaL_argcheck(L, lua_gettop(L) <= 2, 3, "one format per call");
-  return sr_stream_read_k(L, LUA_OK, 0); /* it checks the socket */
+static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
+  sr_socket *s = sr__check_socket(L, 1);
+  (void)status;
+  if (s == NULL) return (int)ctx + 3;
+  return sr_stream_read_from(L, s, (int)ctx, 0);
+}
+
+/* s:read(...) on the stream socket s, arg 1. */
+int sr__stream_read(lua_State *L, sr_socket *s) {
+  if (lua_gettop(L) + 2 > LUA_MINSTACK) /* a value per format, 3 to fail */
+    luaL_checkstack(L, lua_gettop(L) + 2, "too many formats");
+  return sr_stream_read_from(L, s, 0, 1);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -1,8 +1,8 @@
 -- W4 for sockrun: a RESP (Redis protocol) server for PING, SET and GET,
 -- inline ("PING\r\n") and multibulk ("*1\r\n$4\r\nPING\r\n") commands, as
 -- redis-benchmark sends them. One task per connection reads one command at
--- a time with line and length reads and writes its reply; pipelined
--- commands (redis-benchmark -P 16) are simply the next reads.
+-- a time and writes its reply; pipelined commands (redis-benchmark -P 16)
+-- are simply the next reads.
 --   sockrun bench/sockrun/resp.lua PORT
 io.stdout:setvbuf("line")
 local sr = require "sockrun"
@@ -11,26 +11,31 @@ local port = math.tointeger(tonumber(arg[1]))
 assert(port, "usage: resp.lua PORT")
 
 local store = {}
+local MAX_BULK = 512 * 1024 * 1024         -- as redis-server's default limit
 
 -- One command as a list of strings; nil when the client went away or
--- broke the protocol.
+-- broke the protocol. Reads take several formats at once, as Lua's
+-- file:read does, and "n" reads a number: "*3\r\n" is read(1, "n", "l").
 local function read_command(conn)
-  local line = conn:read("l")
-  if not line then return nil end
-  if line:byte(1) ~= 42 then               -- not '*': an inline command
+  local star, n, rest = conn:read(1, "n", "l")  -- "*<count>\r\n"
+  if star ~= "*" then                           -- an inline command
+    if not star then return nil end
+    local line = conn:read("l")
+    if not line then return nil end
     local argv = {}
-    for word in line:gmatch("%S+") do argv[#argv + 1] = word end
+    for word in (star .. line):gmatch("%S+") do argv[#argv + 1] = word end
     return argv
   end
-  local n = tonumber(line:sub(2))
-  if not n then return nil end
+  if rest ~= "" then return nil end
   local argv = {}
   for i = 1, n do
-    local len = conn:read("l")             -- "$<length>"
-    len = len and len:byte(1) == 36 and tonumber(len:sub(2))
-    if not len then return nil end
-    local arg = conn:read(len)
-    if not arg or #arg < len or conn:read("l") ~= "" then return nil end
+    local dollar, len, eol = conn:read(1, "n", "l")   -- "$<length>\r\n"
+    -- (a failed "n" leaves its message in eol)
+    if dollar ~= "$" or eol ~= "" or len % 1 ~= 0 or len < 0 or len > MAX_BULK then
+      return nil
+    end
+    local arg, crlf = conn:read(len, "l")           -- "<bytes>\r\n"
+    if crlf ~= "" then return nil end
     argv[i] = arg
   end
   return argv

@@ -5,6 +5,7 @@
 ** order, exactly once, and each result must fit its format.
 */
 
+#include <ctype.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,13 +23,43 @@ static lua_State *L;
 static char model[1 << 16];
 static size_t appended, taken;
 
+/* Leading white space in m[0..n): what "n" may skip without a result. */
+static size_t spaces(const char *m, size_t n) {
+  size_t k = 0;
+  while (k < n && isspace((unsigned char)m[k])) k++;
+  return k;
+}
+
+/* A number read took m[0..used): white space, then a numeral that Lua
+** converts to the very value returned. */
+static void check_number(const char *m, size_t used) {
+  char num[SR_NUMERAL_MAX + 1];
+  size_t ws = spaces(m, used), len = used - ws;
+  CHECK(len > 0 && len <= SR_NUMERAL_MAX && !isspace((unsigned char)m[ws]));
+  memcpy(num, m + ws, len);
+  num[len] = '\0';
+  CHECK(lua_stringtonumber(L, num) == len + 1);
+  CHECK(lua_rawequal(L, -1, -2));
+}
+
 /* Apply one read; check what it returned against the model. */
 static void do_read(sr_socket *s, sr_fmt fmt, size_t count, int keep) {
   size_t before = s->len, used;
   int n = sr__stream_try_read(L, s, fmt, count, keep);
   used = before - s->len;
   CHECK(taken + used <= appended);
-  if (n == 1) { /* a string */
+  if (fmt == SR_READ_NUMBER) { /* white space may go without a result */
+    if (n == 1)
+      check_number(model + taken, used);
+    else
+      CHECK(spaces(model + taken, used) == used);
+    if (n == 0) CHECK(!s->eof);
+    if (n == 3) {
+      const char *code = lua_tostring(L, -1);
+      CHECK(strcmp(code, "EPROTO") == 0 ||
+            (strcmp(code, "EOF") == 0 && s->eof && s->len == 0));
+    }
+  } else if (n == 1) { /* a string */
     size_t len;
     const char *r = lua_tolstring(L, -1, &len);
     const char *m = model + taken;
@@ -83,7 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   while (i < size) {
     uint8_t op = data[i++];
     uint8_t arg = i < size ? data[i] : 0;
-    switch (op % 6) {
+    switch (op % 7) {
       case 0: { /* append the next arg bytes */
         size_t n = arg;
         i++;
@@ -100,6 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       case 3: do_read(&s, SR_READ_ANY, 0, 0); break;
       case 4: if (s.eof) do_read(&s, SR_READ_ALL, 0, 0); break;
       case 5: s.eof = 1; break;
+      case 6: do_read(&s, SR_READ_NUMBER, 0, 0); break;
     }
   }
   free(s.buf);
