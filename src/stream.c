@@ -156,25 +156,37 @@ void sr__stream_release(sr_socket *s) {
 }
 
 
+/* The format at arg; count and keep as it asks. The API's own calls, not
+** luaL_check*: this runs for every format of every read. */
 static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count, int *keep) {
   const char *f;
   *keep = 0;
-  if (lua_type(L, arg) == LUA_TNUMBER) {
-    lua_Integer n = luaL_checkinteger(L, arg);
-    luaL_argcheck(L, n >= 0, arg, "count must be >= 0");
-    *count = (size_t)n;
-    return SR_READ_COUNT;
+  switch (lua_type(L, arg)) {
+    case LUA_TSTRING:
+      f = lua_tostring(L, arg);
+      if (*f == '*') f++; /* "*l", as Lua 5.1-5.3 and LuaSocket spell it */
+      switch (*f) {
+        case 'l': return SR_READ_LINE;
+        case 'L': *keep = 1; return SR_READ_LINE;
+        case 'n': return SR_READ_NUMBER;
+        case 'a': return SR_READ_ALL;
+      }
+      break;
+    case LUA_TNUMBER: {
+      int isint;
+      lua_Integer n = lua_tointegerx(L, arg, &isint);
+      if (!isint) luaL_checkinteger(L, arg); /* raises, worded as Lua does */
+      luaL_argcheck(L, n >= 0, arg, "count must be >= 0");
+      *count = (size_t)n;
+      return SR_READ_COUNT;
+    }
+    case LUA_TNONE:
+    case LUA_TNIL:
+      return SR_READ_ANY;
+    default:
+      luaL_checkstring(L, arg); /* raises: the wrong type, named */
   }
-  if (lua_isnoneornil(L, arg)) return SR_READ_ANY;
-  f = luaL_checkstring(L, arg);
-  if (*f == '*') f++; /* "*l", as Lua 5.1-5.3 and LuaSocket spell it */
-  switch (*f) {
-    case 'l': return SR_READ_LINE;
-    case 'L': *keep = 1; return SR_READ_LINE;
-    case 'n': return SR_READ_NUMBER;
-    case 'a': return SR_READ_ALL;
-    default: return (sr_fmt)luaL_argerror(L, arg, "invalid format");
-  }
+  return (sr_fmt)luaL_argerror(L, arg, "invalid format");
 }
 
 /* At EOF or after an error: what is left, then the condition itself. */
@@ -235,10 +247,20 @@ static int sr_small_integer(const char *p, long len, lua_Integer *v) {
   return 1;
 }
 
+/* Push the numeral p[0..len) converted as Lua converts it; 0 if it is
+** not one. Apart from the common case so that the copy it needs does not
+** weigh on every read. */
+static __attribute__((noinline)) int sr_push_numeral(lua_State *L, const char *p, long len) {
+  char num[SR_NUMERAL_MAX + 1];
+  if (len <= 0 || len > SR_NUMERAL_MAX) return 0;
+  memcpy(num, p, (size_t)len);
+  num[len] = '\0';
+  return lua_stringtonumber(L, num) != 0;
+}
+
 /* "n": skip (and consume) white space, then convert the numeral that
 ** follows. A malformed or overlong numeral is left unread. */
 static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
-  char num[SR_NUMERAL_MAX + 1];
   lua_Integer v;
   long len;
   size_t ws = 0;
@@ -247,20 +269,12 @@ static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
   if (s->len == 0) return ended ? sr_stream_end(L, s) : 0;
   len = sr_numeral_len(s->buf + s->off, s->len, ended);
   if (len < 0 && s->len <= SR_NUMERAL_MAX) return 0; /* more may come */
-  if (len > 0 && sr_small_integer(s->buf + s->off, len, &v)) {
+  if (len > 0 && sr_small_integer(s->buf + s->off, len, &v))
     lua_pushinteger(L, v);
-    sr_stream_consume(s, (size_t)len);
-    return 1;
-  }
-  if (len > 0 && len <= SR_NUMERAL_MAX) {
-    memcpy(num, s->buf + s->off, (size_t)len);
-    num[len] = '\0';
-    if (lua_stringtonumber(L, num) != 0) {
-      sr_stream_consume(s, (size_t)len);
-      return 1;
-    }
-  }
-  return sr__fail_msg(L, "not a number", "EPROTO");
+  else if (!sr_push_numeral(L, s->buf + s->off, len))
+    return sr__fail_msg(L, "not a number", "EPROTO");
+  sr_stream_consume(s, (size_t)len);
+  return 1;
 }
 
 /*
