@@ -15,11 +15,15 @@ DEPS_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 LIBUV_LIBS := $(shell $(PKG_CONFIG) --libs libuv 2>/dev/null)
 LUA_LIBS := $(shell $(PKG_CONFIG) --libs lua5.4 2>/dev/null)
 
-OPT ?= -O2 -g
+# -flto: the read and write paths cross files (socket.c -> stream.c) on
+# every call; link-time optimisation inlines across them (about 2% fewer
+# instructions per pipelined RESP command, bench/README.md).
+OPT ?= -O2 -g -flto
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
 CFLAGS ?= $(OPT)
 ALL_CFLAGS = -std=gnu11 $(WARN) -fPIC -fvisibility=hidden $(DEPS_CFLAGS) $(CFLAGS) $(SAN)
 LDFLAGS ?=
+LINK_OPT = $(filter -O% -flto%,$(OPT)) # what link-time optimisation needs
 
 LUA_V = 5.4
 BINDIR = $(PREFIX)/bin
@@ -46,7 +50,7 @@ $(BUILD)/obj/%.o: src/%.c src/internal.h
 # liblua is not linked: symbols come from the interpreter that loads it.
 $(BUILD)/lua/sockrun/core.so: $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared $(SAN) $(LDFLAGS) -o $@ $(CORE_OBJ) $(LIBUV_LIBS)
+	$(CC) -shared $(SAN) $(LINK_OPT) $(LDFLAGS) -o $@ $(CORE_OBJ) $(LIBUV_LIBS)
 
 # The Lua side, compiled into the binary as C arrays.
 $(BUILD)/embed.c: $(LUA_SRC) tools/embed.lua
@@ -59,7 +63,7 @@ $(BUILD)/obj/embed.o: $(BUILD)/embed.c
 $(BUILD)/obj/main.o: src/main.c src/internal.h
 
 $(BUILD)/sockrun: $(CORE_OBJ) $(BUILD)/obj/main.o $(BUILD)/obj/embed.o
-	$(CC) $(SAN) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(LIBUV_LIBS) -lm
+	$(CC) $(SAN) $(LINK_OPT) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(LIBUV_LIBS) -lm
 
 # Install missing Debian packages (as root), build, start the echo server.
 deps:

@@ -17,6 +17,8 @@ Environment (defaults in brackets):
   BENCH_SERVERS           servers to run, e.g. "c,sockrun" (default: all found)
   BENCH_STRACE [1]        count syscalls per W1 request with strace -c -f (0: skip)
   BENCH_OUT               where to write the table [bench/results.md]
+  BENCH_SOCKRUN_BASE      an earlier sockrun binary, measured as server "base"
+  BENCH_SOCKRUN_BASE_SCRIPTS  the scripts it runs [bench/sockrun]
   SOCKRUN [build/sockrun], BENCH_BIN [build/bench] (the C programs),
   BENCH_LOGS [build/bench/logs]
 ]]
@@ -238,8 +240,13 @@ local SERVERS = {
     need = SOCKRUN },
   -- BENCH_SOCKRUN_BASE=path: an earlier sockrun build, measured in the same
   -- run as the current one, so a change is judged before/after side by side.
+  -- It runs that build's own scripts when BENCH_SOCKRUN_BASE_SCRIPTS names
+  -- their directory (an API change may have changed the scripts too).
   { id = "base", name = "sockrun (base)", kinds = { http = true, echo = true, resp = true },
-    cmd = function(kind, port) return fmt("%s bench/sockrun/%s.lua %d", BIN .. "/sockrun-base", kind, port) end,
+    cmd = function(kind, port)
+      return fmt("%s %s/%s.lua %d", BIN .. "/sockrun-base",
+                 q(getenv("BENCH_SOCKRUN_BASE_SCRIPTS") or "bench/sockrun"), kind, port)
+    end,
     check = getenv("BENCH_SOCKRUN_BASE")
       and fmt("cp %s %s/sockrun-base", q(getenv("BENCH_SOCKRUN_BASE")), q(BIN)) or "false" },
   { id = "luv", name = "luv", kinds = { http = true, echo = true, resp = true },

@@ -540,15 +540,17 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
 
 #define SR_IOV_STACK 16
 
-int sr__stream_write(lua_State *L) {
+/* s:write(...) on the stream socket s, arg 1. */
+int sr__stream_write(lua_State *L, sr_socket *s) {
   int i, n = lua_gettop(L), nb = n - 1, first = 0, err;
-  sr_socket *s;
   uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
-  size_t total = 0;
+  size_t total = 0, len;
   ssize_t done;
   sigset_t saved;
-  for (i = 2; i <= n; i++) luaL_checklstring(L, i, NULL);
-  if ((s = sr__check_socket(L, 1)) == NULL) return 3;
+  for (i = 2; i <= n; i++) {
+    luaL_checklstring(L, i, &len);
+    total += len;
+  }
   if (s->writer != NULL) /* refuse before a byte of ours goes out */
     return luaL_error(L, "socket is busy: another task is already writing "
                          "on it");
@@ -558,7 +560,6 @@ int sr__stream_write(lua_State *L) {
     lua_settop(L, 1);
     return 1;
   }
-  for (i = 2; i <= n; i++) total += lua_rawlen(L, i);
   /* Inside a task, a small write is gathered: replies made while working
   ** through buffered input leave together, in one write per socket, just
   ** before the loop polls (sr__loop_flush_cb). */
@@ -578,7 +579,6 @@ int sr__stream_write(lua_State *L) {
     if (bufs == NULL) return sr__fail(L, UV_ENOMEM);
   }
   for (i = 0; i < nb; i++) {
-    size_t len;
     const char *p = lua_tolstring(L, i + 2, &len);
     bufs[i] = uv_buf_init((char *)p, (unsigned)len);
     total += len;
