@@ -15,17 +15,17 @@ local MAX_BULK = 512 * 1024 * 1024         -- as redis-server's default limit
 
 -- One command as a list of strings; nil when the client went away or
 -- broke the protocol. Reads take several formats at once, as Lua's
--- file:read does, and "n" reads a number: "*3\r\n" is read(1, "n", "l").
+-- file:read does, and "n" reads a number: "$3\r\n" is read(1, "n", "l").
 local function read_command(conn)
-  local star, n, rest = conn:read(1, "n", "l")  -- "*<count>\r\n"
-  if star ~= "*" then                           -- an inline command
-    if not star then return nil end
-    local line = conn:read("l")
+  local first = conn:read(1)
+  if first ~= "*" then                          -- an inline command
+    local line = first and conn:read("l")
     if not line then return nil end
     local argv = {}
-    for word in (star .. line):gmatch("%S+") do argv[#argv + 1] = word end
+    for word in (first .. line):gmatch("%S+") do argv[#argv + 1] = word end
     return argv
   end
+  local n, rest = conn:read("n", "l")           -- "<count>\r\n"
   if rest ~= "" then return nil end
   local argv = {}
   for i = 1, n do
