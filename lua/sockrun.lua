@@ -176,7 +176,8 @@ function methods:sendto(data, host, port)
 end
 
 --- Iterator over s:read(...) (default "l") until end of file or an
--- error, as file:lines: each step gives one value per format.
+-- error, as file:lines: each step gives one value per format (nil for
+-- those after a failure) and the loop ends when the first one is nil.
 function methods:lines(...)
   local n = select("#", ...)
   if n <= 1 then
@@ -185,9 +186,10 @@ function methods:lines(...)
   end
   local fmts = { ... }
   return function()
-    local values = { self:read(table.unpack(fmts, 1, n)) }
-    for i = 1, n do
-      if values[i] == nil then return nil end -- a format failed: stop
+    local values = table.pack(self:read(table.unpack(fmts, 1, n)))
+    if values[1] == nil then return nil end
+    for i = 1, n do -- a failure's message and code are not values
+      if values[i] == nil then return table.unpack(values, 1, i) end
     end
     return table.unpack(values, 1, n)
   end

@@ -271,6 +271,16 @@ describe("misuse", function()
     assert.matches("errors_spec%.lua:%d+:", err)
   end)
 
+  it("raises on a bad read format or write argument on a closed socket too",
+    function()
+      s:close()
+      H.raises(function() return s:read("q") end, "invalid format")
+      H.raises(function() return s:read("l", -1) end, "count must be >= 0")
+      H.raises(function() return s:write({}) end, "bad argument #1 to 'write'")
+      H.assert_closed(s:read("l", 5))
+      H.assert_closed(s:write("x", 1))
+    end)
+
   it("raises on an invalid read format", function()
     H.raises(function() return s:read("x") end,
       "bad argument #1 to 'read'", "invalid format")

@@ -177,6 +177,42 @@ for _, kind in ipairs({ "tcp", "unix" }) do
           for n, name in c:lines("n", "l") do got[#got + 1] = n .. "=" .. name end
           assert.same({ "1= one", "2= two" }, got)
         end)
+
+      it("gives s:lines' last values though a later format fails, as \z
+          file:lines does", function()
+        a:write("a\nb\nc\n")
+        a:close()
+        local got = {}
+        for x, y in c:lines("l", "l") do got[#got + 1] = x .. "," .. tostring(y) end
+        assert.same({ "a,b", "c,nil" }, got)
+      end)
+
+      it("ends with EBADF when a finalizer closes the socket between \z
+          formats", function()
+        local line = string.rep("x", 4000) -- long: each result allocates
+        a:write(string.rep(line .. "\n", 16))
+        assert.equal(line, c:read("l"))
+        sr.sleep(0.05) -- the other fifteen are buffered now
+        local ran, armed, closed = 0, false, false
+        -- a finalizer closing c, as a pool dropping its connections might
+        local closer = { __gc = function()
+          ran = ran + 1
+          if armed and not closed then c:close() closed = true end
+        end }
+        for _ = 1, 20000 do setmetatable({}, closer) end
+        collectgarbage("incremental", 0, 100) -- collect all along
+        H.defer(function() collectgarbage("incremental", 200, 100) end)
+        repeat collectgarbage("step", 0) until ran > 0 -- finalizers now run
+        armed = true                                   -- a few per step
+        local fmts = {}
+        for k = 1, 15 do fmts[k] = "l" end
+        local got = table.pack(c:read(table.unpack(fmts)))
+        armed = false
+        assert.is_true(closed, "no finalizer ran during the read")
+        local n = got.n
+        for k = 1, n - 3 do assert.equal(line, got[k]) end
+        H.assert_closed(table.unpack(got, n - 2, n))
+      end)
     end)
 
     -- name; what the peer writes; the format; what each read gives in turn

@@ -215,7 +215,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
 void sr__stream_start(sr_socket *s);
 void sr__stream_release(sr_socket *s);
 int sr__stream_read(lua_State *L, sr_socket *s);
-int sr__stream_write(lua_State *L, sr_socket *s);
+int sr__stream_write(lua_State *L);
 int sr__stream_flush(sr_socket *s);
 int sr__stream_shutdown(lua_State *L);
 

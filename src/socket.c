@@ -735,15 +735,15 @@ static int sr_socket_tostring(lua_State *L) {
 
 /* read, write and friends differ for streams and datagrams. */
 static int sr_socket_read(lua_State *L) {
-  sr_socket *s = sr__check_socket(L, 1);
-  if (s == NULL) return 3;
-  return s->kind == SR_DGRAM ? sr__dgram_read(L) : sr__stream_read(L, s);
+  sr_socket *s = sr__to_socket(L, 1);
+  return s != NULL && s->kind == SR_DGRAM ? sr__dgram_read(L)
+                                          : sr__stream_read(L, s);
 }
 
 static int sr_socket_write(lua_State *L) {
-  sr_socket *s = sr__check_socket(L, 1);
-  if (s == NULL) return 3;
-  return s->kind == SR_DGRAM ? sr__dgram_write(L) : sr__stream_write(L, s);
+  sr_socket *s = sr__to_socket(L, 1);
+  return s != NULL && s->kind == SR_DGRAM ? sr__dgram_write(L)
+                                          : sr__stream_write(L);
 }
 
 /* core.addrfamily(host): "inet" or "inet6" for a numeric address, nil

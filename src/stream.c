@@ -62,6 +62,9 @@ int sr__stream_append(sr_socket *s, const char *p, size_t n) {
 /* Drop n bytes from the front; an emptied buffer is freed, so an idle
 ** connection holds no read memory. */
 static void sr_stream_consume(sr_socket *s, size_t n) {
+  /* Pushing a result can run a finalizer that closes the socket, which
+  ** releases its buffer: then there is nothing left to consume. */
+  if (n > s->len) return;
   s->off += n;
   s->len -= n;
   s->scanned = 0;
@@ -345,6 +348,9 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
     size_t count = 0;
     int keep, n;
     sr_fmt fmt = sr_check_format(L, 2 + done, &count, &keep);
+    /* The struct outlives this call (it is freed in a close callback),
+    ** but a finalizer run by a push may have closed the socket. */
+    if (s->closed) return done + sr__fail(L, UV_EBADF);
     while ((n = sr__stream_try_read(L, s, fmt, count, keep)) == 0) {
       if (!fresh && sr__timedout(s->loop))
         return done + sr__fail(L, UV_ETIMEDOUT);
@@ -369,10 +375,17 @@ static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
   return sr_stream_read_from(L, s, (int)ctx, 0);
 }
 
-/* s:read(...) on the stream socket s, arg 1. */
+/* s:read(...) on the stream socket at arg 1: s, or NULL when closed
+** (misuse still raises: every format is checked before EBADF). */
 int sr__stream_read(lua_State *L, sr_socket *s) {
   if (lua_gettop(L) + 2 > LUA_MINSTACK) /* a value per format, 3 to fail */
     luaL_checkstack(L, lua_gettop(L) + 2, "too many formats");
+  if (s == NULL) {
+    int i, keep;
+    size_t count;
+    for (i = 2; i <= lua_gettop(L); i++) sr_check_format(L, i, &count, &keep);
+    return sr__fail(L, UV_EBADF);
+  }
   return sr_stream_read_from(L, s, 0, 1);
 }
 
@@ -540,9 +553,11 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
 
 #define SR_IOV_STACK 16
 
-/* s:write(...) on the stream socket s, arg 1. */
-int sr__stream_write(lua_State *L, sr_socket *s) {
+/* s:write(...) on the stream socket at arg 1. The arguments are checked
+** (numbers made strings, which can run a finalizer) before the socket. */
+int sr__stream_write(lua_State *L) {
   int i, n = lua_gettop(L), nb = n - 1, first = 0, err;
+  sr_socket *s;
   uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
   size_t total = 0, len;
   ssize_t done;
@@ -551,6 +566,7 @@ int sr__stream_write(lua_State *L, sr_socket *s) {
     luaL_checklstring(L, i, &len);
     total += len;
   }
+  if ((s = sr__check_socket(L, 1)) == NULL) return 3;
   if (s->writer != NULL) /* refuse before a byte of ours goes out */
     return luaL_error(L, "socket is busy: another task is already writing "
                          "on it");
