@@ -213,23 +213,20 @@ static long sr_numeral_len(const char *p, size_t n, int ended) {
   int hex = 0;
 #define SR_PEEK (i < n ? (unsigned char)p[i] : -1)
 #define SR_ACCEPT(a, b) (SR_PEEK == (a) || SR_PEEK == (b) ? (i++, 1) : 0)
-#define SR_DIGITS(k)                                               \
-  while (SR_PEEK != -1 && (hex ? isxdigit(SR_PEEK) : isdigit(SR_PEEK))) \
+#define SR_DIGITS(k, h)                                              \
+  while (SR_PEEK != -1 && ((h) ? isxdigit(SR_PEEK) : isdigit(SR_PEEK))) \
     i++, (k)++
   SR_ACCEPT('-', '+');
   if (SR_ACCEPT('0', '0')) {
     if (SR_ACCEPT('x', 'X')) hex = 1;
     else digits = 1;
   }
-  SR_DIGITS(digits);
-  if (SR_ACCEPT('.', '.')) SR_DIGITS(digits);
+  SR_DIGITS(digits, hex);
+  if (SR_ACCEPT('.', '.')) SR_DIGITS(digits, hex);
   if (digits > 0 && (hex ? SR_ACCEPT('p', 'P') : SR_ACCEPT('e', 'E'))) {
-    size_t exp = 0;
-    int was_hex = hex;
+    size_t exp = 0; /* decimal, even after a hex mantissa */
     SR_ACCEPT('-', '+');
-    hex = 0;
-    SR_DIGITS(exp);
-    hex = was_hex;
+    SR_DIGITS(exp, 0);
   }
 #undef SR_PEEK
 #undef SR_ACCEPT
@@ -253,7 +250,8 @@ static int sr_small_integer(const char *p, long len, lua_Integer *v) {
 /* Push the numeral p[0..len) converted as Lua converts it; 0 if it is
 ** not one. Apart from the common case so that the copy it needs does not
 ** weigh on every read. */
-static __attribute__((noinline)) int sr_push_numeral(lua_State *L, const char *p, long len) {
+static __attribute__((noinline)) int sr_push_numeral(lua_State *L,
+                                                     const char *p, long len) {
   char num[SR_NUMERAL_MAX + 1];
   if (len <= 0 || len > SR_NUMERAL_MAX) return 0;
   memcpy(num, p, (size_t)len);
