@@ -13,7 +13,8 @@ local math_type, string_format = math.type, string.format
 
 local M = {}
 local private = { methods = true, counts = true, addrfamily = true,
-  stdin = true, isatty = true, ttymode = true, winsize = true }
+  stdin = true, isatty = true, ttymode = true, winsize = true, serve = true,
+  handlers = true }
 for k, v in pairs(core) do
   if not private[k] then M[k] = v end
 end
@@ -236,35 +237,19 @@ function M.connect(host, port, opts)
   return nil, err, code
 end
 
--- Leaves the set of running handlers (and closes the connection) however
--- the handler ends: return, error or cancel.
--- The record is { tasks, task, conn }: array slots, the smallest table.
-local handler_end_mt = { __close = function(h)
-  h[1][h[2]] = nil
-  h[3]:close()
-end }
-
--- One connection: the handler's task owns it and closes it on the way out.
-local function serve(tasks, handler, conn, host, port)
-  local task = core.current()
-  local _ <close> = setmetatable({ tasks, task, conn }, handler_end_mt)
-  tasks[task] = true
-  handler(conn, host, port)
-end
-
--- Every server sr.listen made (listening socket -> the set of its running
--- handler tasks), so a shutdown can stop them accepting and wait for their
--- connections. Handlers leave their set themselves: a plain table, not a
--- weak one, whose entries the collector would clear only cycles later.
+-- Every listening socket sr.listen made, so a shutdown can stop them
+-- accepting. Each connection is served by core.serve: a task running
+-- handler(conn, host, port) that closes conn when it ends, however it
+-- ends, and is listed by core.handlers() until then.
 local servers = setmetatable({}, { __mode = "k" })
+local serve, handlers = core.serve, core.handlers
 
 local function accept_loop(server, handler)
-  local tasks = {}
-  servers[server] = tasks
+  servers[server] = true
   while true do
     local conn, host, port = server:accept()
     if conn then
-      spawn(serve, tasks, handler, conn, host, port)
+      serve(handler, conn, host, port)
     elseif port == "EBADF" then
       return -- the listening socket was closed: stop serving
     else
@@ -290,12 +275,10 @@ function M.shutdown(grace)
   end
   if shutting_down then return core.stop() end
   shutting_down = true
+  for server in pairs(servers) do server:close() end
   local running = {}
-  for server, tasks in pairs(servers) do
-    server:close()
-    for t in pairs(tasks) do
-      if t:status() == "waiting" then running[#running + 1] = t end
-    end
+  for _, t in ipairs(handlers()) do
+    if t:status() == "waiting" then running[#running + 1] = t end
   end
   spawn(function()
     local deadline = core.now() + grace

@@ -60,18 +60,23 @@ struct sr_task {
   sr_loop *loop;
   lua_State *co; /* the coroutine; NULL for the loop-driving one */
   int ref;       /* registry ref anchoring the task while alive */
-  sr_task_state state;
-  int wake;  /* why the last wait ended: 0 or a UV_E* code */
-  int woken; /* pseudo-task: the wait has ended */
-  int nres;  /* results (or error object) on co's stack */
+  int wake;      /* why the last wait ended: 0 or a UV_E* code */
+  int nres;      /* results (or error object) on co's stack */
+  unsigned char state;        /* an sr_task_state */
+  unsigned char woken;        /* pseudo-task: the wait has ended */
+  unsigned char has_deadline; /* deadline below bounds the operation */
   /* What the task waits on, and how to take it off that thing's list. */
   void *wait_on;
   void (*detach)(sr_task *t);
   uv_timer_t *timer; /* lazily allocated; freed in its close callback */
   uint64_t deadline; /* loop time (ms) the current operation ends at */
-  int has_deadline;
   sr_task *joiners;     /* tasks waiting in join() for this one */
   sr_task *next_joiner; /* link in the joined task's list */
+  /* A connection handler (sr.listen) owns its connection: it is closed
+  ** when the task ends. conn points into the socket's userdata, which the
+  ** task anchors; handlers are listed in the loop for sr.shutdown. */
+  sr_socket **conn;
+  sr_task *prev_handler, *next_handler;
 };
 
 struct sr_loop {
@@ -82,6 +87,7 @@ struct sr_loop {
   sr_task main;      /* pseudo-task for blocking calls outside tasks */
   uv_prepare_t flusher; /* sends gathered writes before each poll */
   sr_socket *dirty;      /* sockets with gathered bytes */
+  sr_task *handlers;     /* running tasks that own a connection */
   int running;       /* > 0 while inside uv_run */
   int stopped;       /* sr.stop() was called */
   int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
@@ -189,6 +195,8 @@ int sr__spawn(lua_State *L);
 /* socket.c */
 sr_socket *sr__check_socket(lua_State *L, int arg);
 sr_socket *sr__to_socket(lua_State *L, int arg);
+sr_socket **sr__socket_slot(lua_State *L, int arg);
+void sr__socket_close_slot(sr_socket **slot);
 sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind, int family);
 void sr__socket_close(sr_socket *s);
 int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,

@@ -122,7 +122,7 @@ typedef struct {
   sr_socket *s;
 } sr_socket_box;
 
-static sr_socket **sr_socket_ud(lua_State *L, int arg) {
+sr_socket **sr__socket_slot(lua_State *L, int arg) {
   sr_socket_box *b = lua_touserdata(L, arg);
   if (b == NULL || lua_rawlen(L, arg) != sizeof *b || b->tag != sr_socket_tag)
     luaL_typeerror(L, arg, SR_SOCKET_MT);
@@ -130,7 +130,7 @@ static sr_socket **sr_socket_ud(lua_State *L, int arg) {
 }
 
 sr_socket *sr__to_socket(lua_State *L, int arg) {
-  return *sr_socket_ud(L, arg);
+  return *sr__socket_slot(L, arg);
 }
 
 /* The socket at arg, or NULL after pushing nil, "socket is closed". */
@@ -283,21 +283,24 @@ sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind, int family) {
 
 /* close(), __gc and __close: one idempotent function (liolib's f_gc). */
 static int sr_socket_close(lua_State *L) {
-  sr_socket **ud = sr_socket_ud(L, 1);
-  if (*ud != NULL) {
-    sr_socket *s = *ud;
-    *ud = NULL;
-    sr__socket_close(s);
-  }
+  sr__socket_close_slot(sr__socket_slot(L, 1));
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* What s:close() does, given the socket's slot in its userdata. */
+void sr__socket_close_slot(sr_socket **slot) {
+  sr_socket *s = *slot;
+  if (s == NULL) return;
+  *slot = NULL;
+  sr__socket_close(s);
 }
 
 /* A socket a task waits on is reachable from that task, so a finalized
 ** socket with a waiter means the whole state is closing (lua_close): then
 ** nobody is woken (no coroutine may run now), only the handle is closed. */
 static int sr_socket_gc(lua_State *L) {
-  sr_socket **ud = sr_socket_ud(L, 1);
+  sr_socket **ud = sr__socket_slot(L, 1);
   if (*ud != NULL) {
     sr_socket *s = *ud;
     *ud = NULL;
@@ -522,7 +525,7 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
       if (c == NULL) return sr__fail(L, UV_ENOMEM);
       err = uv_accept(&s->h.stream, &c->h.stream);
       if (err < 0) {
-        *sr_socket_ud(L, -1) = NULL;
+        *sr__socket_slot(L, -1) = NULL;
         c->closed = 1;
         sr_socket_uv_close(c);
         return sr__fail(L, err);

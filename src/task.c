@@ -13,6 +13,7 @@
 /* Uservalues of a task userdata. */
 #define SR_TASK_UV_THREAD 1 /* the coroutine: keeps it alive */
 #define SR_TASK_UV_ERROR 2  /* the error object of a failed task */
+#define SR_TASK_UV_CONN 3   /* a handler's connection: keeps it alive */
 
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 
@@ -141,11 +142,26 @@ void sr__wake(sr_task *t, int status) {
     sr_task_resume(t, NULL, 0);
 }
 
-/* Wake every task joined on t, now that it has ended. */
+/* A handler's end: off the loop's list, and its connection closed (after
+** its own to-be-closed variables ran, as a <close> around it would). */
+static void sr_task_drop_conn(sr_task *t) {
+  sr_loop *lp = t->loop;
+  if (t->prev_handler != NULL)
+    t->prev_handler->next_handler = t->next_handler;
+  else
+    lp->handlers = t->next_handler;
+  if (t->next_handler != NULL) t->next_handler->prev_handler = t->prev_handler;
+  t->prev_handler = t->next_handler = NULL;
+  sr__socket_close_slot(t->conn);
+  t->conn = NULL;
+}
+
+/* Close what t owns and wake every task joined on it, now that it ended. */
 static void sr_task_finish(sr_task *t) {
   sr_loop *lp = t->loop;
   sr_task *j;
   lp->ntasks--;
+  if (t->conn != NULL) sr_task_drop_conn(t);
   sr_task_close_timer(t);
   while ((j = t->joiners) != NULL) {
     t->joiners = j->next_joiner;
@@ -244,15 +260,13 @@ static sr_task *sr_check_task(lua_State *L, int arg) {
   return luaL_checkudata(L, arg, SR_TASK_MT);
 }
 
-int sr__spawn(lua_State *L) {
-  sr_loop *lp = sr_getloop(L);
+/* A new task for the function at index 1 of L, with the nargs values
+** above it as arguments; leaves the task userdata at the top of L and the
+** function and arguments on the coroutine, ready to resume. */
+static sr_task *sr_task_new(lua_State *L, sr_loop *lp, int nuv) {
   int n = lua_gettop(L);
-  sr_task *t;
+  sr_task *t = lua_newuserdatauv(L, sizeof *t, nuv);
   lua_State *co;
-  if (lua_type(L, 1) != LUA_TFUNCTION && !luaL_getmetafield(L, 1, "__call"))
-    luaL_typeerror(L, 1, "function");
-  lua_settop(L, n);
-  t = lua_newuserdatauv(L, sizeof *t, 2);
   memset(t, 0, sizeof *t);
   t->loop = lp;
   t->ref = LUA_NOREF;
@@ -266,7 +280,60 @@ int sr__spawn(lua_State *L) {
   lua_rotate(L, 1, 1); /* task below fn and args */
   lua_xmove(L, co, n); /* the coroutine runs fn itself: no wrapper frame */
   lp->ntasks++;
+  return t;
+}
+
+static void sr_check_callable(lua_State *L, int arg) {
+  if (lua_type(L, arg) != LUA_TFUNCTION && !luaL_getmetafield(L, arg, "__call"))
+    luaL_typeerror(L, arg, "function");
+}
+
+int sr__spawn(lua_State *L) {
+  int n = lua_gettop(L);
+  sr_task *t;
+  sr_check_callable(L, 1);
+  lua_settop(L, n);
+  t = sr_task_new(L, sr_getloop(L), 2);
   sr_task_resume(t, L, n - 1);
+  return 1;
+}
+
+/*
+** core.serve(handler, conn, ...): sr.listen's task for one connection,
+** handler(conn, ...), which owns conn: it is closed when the task ends,
+** however it ends, and the task is on the loop's list of handlers
+** (core.handlers) until then. Doing this here rather than in a Lua wrapper
+** saves an idle connection a stack frame, a table and a set entry.
+*/
+static int sr_serve(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  int n = lua_gettop(L);
+  sr_socket **conn;
+  sr_task *t;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  conn = sr__socket_slot(L, 2);
+  t = sr_task_new(L, lp, 3);
+  lua_pushvalue(t->co, 2); /* conn, now the coroutine's first argument */
+  lua_xmove(t->co, L, 1);
+  lua_setiuservalue(L, 1, SR_TASK_UV_CONN); /* the task is at 1 now */
+  t->conn = conn;
+  t->next_handler = lp->handlers;
+  if (lp->handlers != NULL) lp->handlers->prev_handler = t;
+  lp->handlers = t;
+  sr_task_resume(t, L, n - 1);
+  return 1;
+}
+
+/* core.handlers(): the tasks core.serve started that have not ended. */
+static int sr_handlers(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  sr_task *t;
+  lua_Integer i = 0;
+  lua_newtable(L);
+  for (t = lp->handlers; t != NULL; t = t->next_handler) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    lua_rawseti(L, -2, ++i);
+  }
   return 1;
 }
 
@@ -416,6 +483,8 @@ static const luaL_Reg sr_task_funcs[] = {{"spawn", sr__spawn},
                                          {"sleep", sr_sleep},
                                          {"current", sr_current},
                                          {"onerror", sr_onerror},
+                                         {"serve", sr_serve},
+                                         {"handlers", sr_handlers},
                                          {NULL, NULL}};
 
 /* Register the task metatable and functions into the table at the top.
