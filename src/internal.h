@@ -28,6 +28,10 @@
 ** socket has less than SR_GATHER_LIMIT gathered. */
 #define SR_GATHER_MAX (16 * 1024)
 #define SR_GATHER_LIMIT (64 * 1024)
+/* A socket's first gather buffer is this large; the loop keeps up to
+** SR_GATHER_SPARES of them between flushes instead of freeing them. */
+#define SR_GATHER_FIRST 2048
+#define SR_GATHER_SPARES 8
 /* Reading goes on in the background until this many bytes are unread. */
 #define SR_READ_HIGH_WATER (64 * 1024)
 /* Default bound on a line read with "l"/"L" (s:setoption to change). */
@@ -88,6 +92,8 @@ struct sr_loop {
   uv_prepare_t flusher; /* sends gathered writes before each poll */
   sr_socket *dirty;      /* sockets with gathered bytes */
   sr_task *handlers;     /* running tasks that own a connection */
+  char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
+  int nspare;
   int running;       /* > 0 while inside uv_run */
   int stopped;       /* sr.stop() was called */
   int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
@@ -218,10 +224,13 @@ typedef enum {
 } sr_fmt;
 #define SR_NUMERAL_MAX 200 /* longest "n" numeral, as liolib's */
 int sr__stream_append(sr_socket *s, const char *p, size_t n);
+void sr__stream_push_bytes(lua_State *L);
 int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
-                        int keep);
+                        int keep, int bytes);
 void sr__stream_start(sr_socket *s);
 void sr__stream_release(sr_socket *s);
+/* sr__stream_read runs as s:read, whose upvalue 2 is the table of short
+** strings sr__stream_try_read takes as bytes */
 int sr__stream_read(lua_State *L, sr_socket *s);
 int sr__stream_write(lua_State *L);
 int sr__stream_flush(sr_socket *s);

@@ -826,6 +826,11 @@ void sr__socket_open(lua_State *L, sr_loop *lp) {
   luaL_newmetatable(L, SR_SOCKET_MT);
   lua_newtable(L);
   sr__setfuncs(L, sr_socket_methods, lp);
+  /* read gets the strings of at most one byte as upvalue 2 (stream.c) */
+  lua_pushlightuserdata(L, lp);
+  sr__stream_push_bytes(L);
+  lua_pushcclosure(L, sr_socket_read, 2);
+  lua_setfield(L, -2, "read");
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "methods");
   lua_setfield(L, -2, "__index");

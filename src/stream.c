@@ -192,6 +192,33 @@ static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count, int *keep) {
   return (sr_fmt)luaL_argerror(L, arg, "invalid format");
 }
 
+/*
+** Push p[0..n) as a string. bytes, when not 0, is the index of a table of
+** the strings of at most one byte ("" at 1, byte c at c + 2): a protocol's
+** type byte, or the "" left of a "\r\n" read with "l", then costs an
+** array lookup instead of hashing and interning (for "", Lua's own
+** lua_pushlstring goes through its C-string cache and a strcmp).
+*/
+static void sr_push_bytes(lua_State *L, const char *p, size_t n, int bytes) {
+  if (n <= 1 && bytes != 0)
+    lua_rawgeti(L, bytes, n == 0 ? 1 : (unsigned char)p[0] + 2);
+  else
+    lua_pushlstring(L, p, n);
+}
+
+/* Push that table. */
+void sr__stream_push_bytes(lua_State *L) {
+  int c;
+  lua_createtable(L, 257, 0);
+  lua_pushliteral(L, "");
+  lua_rawseti(L, -2, 1);
+  for (c = 0; c < 256; c++) {
+    char b = (char)c;
+    lua_pushlstring(L, &b, 1);
+    lua_rawseti(L, -2, c + 2);
+  }
+}
+
 /* At EOF or after an error: what is left, then the condition itself. */
 static int sr_stream_end(lua_State *L, sr_socket *s) {
   if (s->len > 0) {
@@ -284,7 +311,7 @@ static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
 ** more bytes are needed.
 */
 int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
-                              size_t count, int keep) {
+                        size_t count, int keep, int bytes) {
   int ended = s->eof || s->rerr != 0;
   switch (fmt) {
     case SR_READ_ANY:
@@ -292,7 +319,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
       break;
     case SR_READ_COUNT:
       if (s->len >= count && (count > 0 || s->len > 0 || !ended)) {
-        lua_pushlstring(L, s->buf ? s->buf + s->off : "", count);
+        sr_push_bytes(L, s->buf ? s->buf + s->off : "", count, bytes);
         if (count > 0) sr_stream_consume(s, count);
         return 1;
       }
@@ -317,7 +344,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
           k--;
           if (k > 0 && base[k - 1] == '\r') k--;
         }
-        lua_pushlstring(L, base, k);
+        sr_push_bytes(L, base, k, bytes);
         sr_stream_consume(s, n);
         return 1;
       }
@@ -349,7 +376,8 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
     /* The struct outlives this call (it is freed in a close callback),
     ** but a finalizer run by a push may have closed the socket. */
     if (s->closed) return done + sr__fail(L, UV_EBADF);
-    while ((n = sr__stream_try_read(L, s, fmt, count, keep)) == 0) {
+    while ((n = sr__stream_try_read(L, s, fmt, count, keep,
+                                    lua_upvalueindex(2))) == 0) {
       if (!fresh && sr__timedout(s->loop))
         return done + sr__fail(L, UV_ETIMEDOUT);
       sr__stream_start(s);
@@ -448,7 +476,11 @@ int sr__stream_flush(sr_socket *s) {
       }
     }
   }
-  free(s->wbuf);
+  if (s->wbuf != NULL && s->wcap == SR_GATHER_FIRST &&
+      s->loop->nspare < SR_GATHER_SPARES)
+    s->loop->spare[s->loop->nspare++] = s->wbuf;
+  else
+    free(s->wbuf);
   s->wbuf = NULL;
   s->wlen = s->wcap = 0;
   if (err < 0 && s->werr == 0) s->werr = err;
@@ -458,8 +490,12 @@ int sr__stream_flush(sr_socket *s) {
 /* Gather n bytes from the arguments 2..top into s->wbuf. */
 static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
   int i, top = lua_gettop(L);
-  if (s->wlen + n > s->wcap) {
-    size_t cap = s->wcap ? s->wcap * 2 : 2048;
+  if (s->wcap == 0 && n <= SR_GATHER_FIRST && s->loop->nspare > 0) {
+    /* a buffer that went out whole: no malloc and free per reply */
+    s->wbuf = s->loop->spare[--s->loop->nspare];
+    s->wcap = SR_GATHER_FIRST;
+  } else if (s->wlen + n > s->wcap) {
+    size_t cap = s->wcap ? s->wcap * 2 : SR_GATHER_FIRST;
     char *nb;
     while (cap < s->wlen + n) cap *= 2;
     if ((nb = realloc(s->wbuf, cap)) == NULL) return UV_ENOMEM;

@@ -45,7 +45,7 @@ static void check_number(const char *m, size_t used) {
 /* Apply one read; check what it returned against the model. */
 static void do_read(sr_socket *s, sr_fmt fmt, size_t count, int keep) {
   size_t before = s->len, used;
-  int n = sr__stream_try_read(L, s, fmt, count, keep);
+  int n = sr__stream_try_read(L, s, fmt, count, keep, 1);
   used = before - s->len;
   CHECK(taken + used <= appended);
   if (fmt == SR_READ_NUMBER) { /* white space may go without a result */
@@ -99,7 +99,7 @@ static void do_read(sr_socket *s, sr_fmt fmt, size_t count, int keep) {
   }
   taken += used;
   CHECK(taken + s->len == appended);
-  lua_settop(L, 0);
+  lua_settop(L, 1);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -107,7 +107,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   sr_socket s;
   size_t i = 0;
-  if (L == NULL) L = luaL_newstate();
+  if (L == NULL) {
+    L = luaL_newstate();
+    sr__stream_push_bytes(L); /* at 1: what s:read has as upvalue 2 */
+  }
   memset(&s, 0, sizeof s);
   s.maxline = 64; /* small, so the limit is reached */
   appended = taken = 0;
