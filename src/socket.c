@@ -780,7 +780,7 @@ static const luaL_Reg sr_socket_methods[] = {
     {"listen", sr_socket_listen},
     {"accept", sr_socket_accept},
     {"connect", sr_socket_connect},
-    {"read", sr_socket_read},
+    /* read: registered apart, in sr__socket_open (it has 2 upvalues) */
     {"write", sr_socket_write},
     {"sendto", sr__dgram_sendto},
     {"recvfrom", sr__dgram_recvfrom},

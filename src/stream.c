@@ -490,7 +490,7 @@ int sr__stream_flush(sr_socket *s) {
 /* Gather n bytes from the arguments 2..top into s->wbuf. */
 static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
   int i, top = lua_gettop(L);
-  if (s->wcap == 0 && n <= SR_GATHER_FIRST && s->loop->nspare > 0) {
+  if (s->wcap == 0 && n > 0 && n <= SR_GATHER_FIRST && s->loop->nspare > 0) {
     /* a buffer that went out whole: no malloc and free per reply */
     s->wbuf = s->loop->spare[--s->loop->nspare];
     s->wcap = SR_GATHER_FIRST;

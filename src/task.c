@@ -193,8 +193,9 @@ void sr__report(sr_loop *lp, lua_State *L, int tidx) {
 ** The task's function raised; its error object is at the top of co, whose
 ** stack Lua leaves as it was where the error happened. Take the traceback
 ** from it, keep the error object for join, then reset the coroutine: that
-** runs its pending to-be-closed variables (a handler's connection gets
-** closed) and leaves a fresh thread, on which the sr.onerror hook runs.
+** runs its pending to-be-closed variables and leaves a fresh thread, on
+** which the sr.onerror hook runs. A handler's connection is closed before
+** the hook, so what the handler gathered leaves even if the hook exits.
 ** Tasks thus need no protected-call frame of their own, which keeps an
 ** idle task's stack small.
 */
@@ -220,6 +221,7 @@ static void sr_task_failed(sr_task *t) {
   lua_pushvalue(co, -2);
   lua_setiuservalue(co, -2, SR_TASK_UV_ERROR);
   lua_resetthread(co); /* returns the task's own error status: not news */
+  if (t->conn != NULL) sr_task_drop_conn(t);
   lua_settop(co, 0);
   lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref);
   lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
