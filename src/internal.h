@@ -112,50 +112,56 @@ typedef enum { SR_TCP, SR_PIPE, SR_DGRAM, SR_TTY } sr_kind;
 ** script closes the socket (so a closed socket answers EBADF) while libuv
 ** may still need the struct until the close callback. The handle comes
 ** last and the struct is allocated only as large as its kind's handle
-** (sr__socket_size): a TCP connection does not pay for a tty.
+** (sr__socket_size): a TCP connection does not pay for a tty. An idle
+** connection costs this struct, so the fields are sized to what they
+** hold: libuv error codes fit 16 bits, buffer offsets 32 (a socket never
+** holds 4 GiB unread), timeouts are kept in milliseconds.
 */
+#define SR_NO_TIMEOUT UINT32_MAX /* in timeout_ms: none */
+#define SR_BUF_MAX UINT32_MAX    /* bound on unread and gathered bytes */
+
 struct sr_socket {
   sr_loop *loop;
-  sr_kind kind;
-  int family;           /* AF_INET, AF_INET6, AF_UNIX */
-  int fd;               /* the descriptor (datagram: owned by us) */
-  unsigned closed : 1;  /* close() called: no more Lua operations */
-  unsigned closing : 1; /* uv_close() called */
-  unsigned listening : 1;
-  unsigned connected : 1;
-  unsigned reading : 1;  /* uv_read_start active */
-  unsigned eof : 1;
-  unsigned shut : 1;     /* shutdown() issued */
-  unsigned nbio_ref : 1; /* handle currently uv_ref'd */
-  unsigned borrowed : 1; /* buf is the loop's read buffer, lent */
-  unsigned dirty : 1;    /* on the loop's dirty list */
-  int rerr;              /* sticky read error (UV_E*), reported after data */
-  int werr;              /* sticky write error from a queued write */
-  int accept_status;     /* > 0: a connection is pending; < 0: an error */
-  int connect_status;    /* 0 idle, 1 connecting, 2 done: result in cresult */
-  int cresult;
-  int poll_events;       /* datagram: events uv_poll watches */
-  int nwrites;           /* queued write requests */
   sr_task *reader;       /* the task waiting to read/accept/recv */
   sr_task *writer;       /* the task waiting to write/connect/send */
   /* Unread bytes: buf[off .. off+len). NULL while nothing is unread. */
   char *buf;
-  size_t off, len, cap;
-  size_t scanned;        /* bytes from off known to hold no '\n' */
-  size_t maxline;
-  double timeout[3];     /* connect, read, write; < 0 means none */
+  char *wbuf;            /* gathered bytes, not yet given to the kernel */
   char *path;            /* unix path we bound, unlinked at close */
   uv_timer_t *linger;    /* bounds the flush of a closed socket */
-  char *wbuf;            /* gathered bytes, not yet given to the kernel */
-  size_t wlen, wcap;
   sr_socket *next_dirty; /* link in the loop's list of such sockets */
-  union {                /* last: see above */
+  uint32_t off, len, cap;
+  uint32_t scanned;      /* bytes from off known to hold no '\n' */
+  uint32_t maxline;
+  uint32_t wlen, wcap;
+  uint32_t timeout_ms[3]; /* connect, read, write; or SR_NO_TIMEOUT */
+  int fd;                 /* the descriptor (datagram: owned by us) */
+  int nwrites;            /* queued write requests */
+  int16_t rerr;           /* sticky read error (UV_E*), reported after data */
+  int16_t werr;           /* sticky write error from a queued write */
+  int16_t accept_status;  /* > 0: a connection is pending; < 0: an error */
+  int16_t cresult;        /* the result of a connect that is done */
+  uint8_t kind;           /* an sr_kind */
+  uint8_t family;         /* AF_INET, AF_INET6, AF_UNIX */
+  uint8_t connect_status; /* 0 idle, 1 connecting, 2 done: see cresult */
+  uint8_t poll_events;    /* datagram: events uv_poll watches */
+  unsigned closed : 1;    /* close() called: no more Lua operations */
+  unsigned closing : 1;   /* uv_close() called */
+  unsigned listening : 1;
+  unsigned connected : 1;
+  unsigned reading : 1;   /* uv_read_start active */
+  unsigned eof : 1;
+  unsigned shut : 1;      /* shutdown() issued */
+  unsigned nbio_ref : 1;  /* handle currently uv_ref'd */
+  unsigned borrowed : 1;  /* buf is the loop's read buffer, lent */
+  unsigned dirty : 1;     /* on the loop's dirty list */
+  union {                 /* last: see above */
     uv_handle_t handle;
     uv_stream_t stream;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
-    uv_tty_t tty;        /* the REPL's standard input */
-    uv_poll_t poll;      /* datagram sockets: the descriptor is ours */
+    uv_tty_t tty;         /* the REPL's standard input */
+    uv_poll_t poll;       /* datagram sockets: the descriptor is ours */
   } h;
 };
 

@@ -86,8 +86,8 @@ void sr__socket_close(sr_socket *s) {
     /* Flush what is queued first, as a file's close does, but not for
     ** ever: a peer that stops reading gets the write timeout (or
     ** SR_CLOSE_LINGER_MS) and then the rest is dropped. */
-    double t = s->timeout[SR_TWRITE];
-    uint64_t ms = t >= 0 ? (uint64_t)(t * 1000.0) : SR_CLOSE_LINGER_MS;
+    uint32_t t = s->timeout_ms[SR_TWRITE];
+    uint64_t ms = t != SR_NO_TIMEOUT ? t : SR_CLOSE_LINGER_MS;
     s->linger = malloc(sizeof *s->linger);
     if (s->linger != NULL) {
       uv_timer_init(&s->loop->uv, s->linger);
@@ -140,6 +140,20 @@ sr_socket *sr__check_socket(lua_State *L, int arg) {
   return s;
 }
 
+/* Timeouts are kept in milliseconds (waits are timed in them anyway), up
+** to 49 days; seconds < 0 mean none. */
+static uint32_t sr_timeout_ms(double sec) {
+  double ms = sec * 1000.0 + 0.5;
+  if (sec < 0) return SR_NO_TIMEOUT;
+  return ms < (double)SR_NO_TIMEOUT ? (uint32_t)ms : SR_NO_TIMEOUT - 1;
+}
+
+/* The socket's timeout of that kind in seconds, < 0 for none. */
+static double sr_socket_timeout(const sr_socket *s, int which) {
+  uint32_t ms = s->timeout_ms[which];
+  return ms == SR_NO_TIMEOUT ? -1 : ms / 1000.0;
+}
+
 static void sr_socket_detach(sr_task *t) {
   sr_socket *s = t->wait_on;
   if (s->reader == t) s->reader = NULL;
@@ -160,7 +174,7 @@ int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
   t->wait_on = s;
   t->detach = sr_socket_detach;
   sr__socket_update_ref(s);
-  return sr__wait(L, t, s->timeout[which], fresh, ctx, k);
+  return sr__wait(L, t, sr_socket_timeout(s, which), fresh, ctx, k);
 }
 
 void sr__socket_wake(sr_task **slot, int status) {
@@ -205,7 +219,7 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
   s->family = family;
   s->fd = -1;
   s->maxline = SR_DEFAULT_MAXLINE;
-  s->timeout[0] = s->timeout[1] = s->timeout[2] = -1;
+  s->timeout_ms[0] = s->timeout_ms[1] = s->timeout_ms[2] = SR_NO_TIMEOUT;
   switch (kind) {
     case SR_TCP:
       err = uv_tcp_init_ex(&lp->uv, &s->h.tcp,
@@ -638,7 +652,8 @@ static int sr_socket_settimeout(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
   double t = sr__opt_seconds(L, 2);
   if (s == NULL) return 3;
-  s->timeout[SR_TCONNECT] = s->timeout[SR_TREAD] = s->timeout[SR_TWRITE] = t;
+  s->timeout_ms[SR_TCONNECT] = s->timeout_ms[SR_TREAD] =
+      s->timeout_ms[SR_TWRITE] = sr_timeout_ms(t);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -648,9 +663,9 @@ static int sr_socket_settimeouts(lua_State *L) {
   double c = sr__opt_seconds(L, 2), r = sr__opt_seconds(L, 3),
          w = sr__opt_seconds(L, 4);
   if (s == NULL) return 3;
-  s->timeout[SR_TCONNECT] = c;
-  s->timeout[SR_TREAD] = r;
-  s->timeout[SR_TWRITE] = w;
+  s->timeout_ms[SR_TCONNECT] = sr_timeout_ms(c);
+  s->timeout_ms[SR_TREAD] = sr_timeout_ms(r);
+  s->timeout_ms[SR_TWRITE] = sr_timeout_ms(w);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -661,10 +676,10 @@ static int sr_socket_gettimeouts(lua_State *L) {
   int i;
   if (s == NULL) return 3;
   for (i = 0; i < 3; i++) {
-    if (s->timeout[i] < 0)
+    if (s->timeout_ms[i] == SR_NO_TIMEOUT)
       lua_pushnil(L);
     else
-      lua_pushnumber(L, s->timeout[i]);
+      lua_pushnumber(L, sr_socket_timeout(s, i));
   }
   return 3;
 }
@@ -674,7 +689,8 @@ static int sr_socket_setmaxline(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 2);
   luaL_argcheck(L, n > 0, 2, "limit must be positive");
   if (s == NULL) return 3;
-  s->maxline = (size_t)n;
+  /* no socket holds more than SR_BUF_MAX unread: a higher limit is none */
+  s->maxline = n < (lua_Integer)SR_BUF_MAX ? (uint32_t)n : SR_BUF_MAX;
   lua_pushboolean(L, 1);
   return 1;
 }

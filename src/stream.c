@@ -32,30 +32,32 @@ static void sr_stream_alloc_cb(uv_handle_t *h, size_t suggested,
 
 /* Append to the socket's unread bytes, growing or compacting the buffer. */
 int sr__stream_append(sr_socket *s, const char *p, size_t n) {
+  if (n > SR_BUF_MAX - s->len) return UV_ENOBUFS;
   if (s->buf == NULL) {
     size_t cap = n < 4096 ? 4096 : n;
     s->buf = malloc(cap);
     if (s->buf == NULL) return UV_ENOMEM;
-    s->cap = cap;
+    s->cap = (uint32_t)cap;
     s->off = s->len = 0;
   } else if (s->off + s->len + n > s->cap) {
     if (s->len + n <= s->cap) { /* room enough once consumed bytes go */
       memmove(s->buf, s->buf + s->off, s->len);
     } else {
-      size_t cap = s->cap * 2;
+      size_t cap = (size_t)s->cap * 2;
       char *nb;
       while (cap < s->len + n) cap *= 2;
+      if (cap > SR_BUF_MAX) cap = SR_BUF_MAX;
       nb = malloc(cap);
       if (nb == NULL) return UV_ENOMEM;
       memcpy(nb, s->buf + s->off, s->len);
       free(s->buf);
       s->buf = nb;
-      s->cap = cap;
+      s->cap = (uint32_t)cap;
     }
     s->off = 0;
   }
   memcpy(s->buf + s->off + s->len, p, n);
-  s->len += n;
+  s->len += (uint32_t)n;
   return 0;
 }
 
@@ -65,8 +67,8 @@ static void sr_stream_consume(sr_socket *s, size_t n) {
   /* Pushing a result can run a finalizer that closes the socket, which
   ** releases its buffer: then there is nothing left to consume. */
   if (n > s->len) return;
-  s->off += n;
-  s->len -= n;
+  s->off += (uint32_t)n;
+  s->len -= (uint32_t)n;
   s->scanned = 0;
   if (s->len == 0) {
     if (!s->borrowed) free(s->buf);
@@ -104,7 +106,7 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
     ** so nothing is copied. What it leaves is copied after it yields. */
     s->buf = buf->base;
     s->off = s->scanned = s->cap = 0;
-    s->len = (size_t)nread;
+    s->len = (uint32_t)nread;
     s->borrowed = 1;
   } else if (nread > 0) {
     if ((err = sr__stream_append(s, buf->base, (size_t)nread)) < 0) {
@@ -123,7 +125,7 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
     if (nread == UV_EOF)
       s->eof = 1;
     else
-      s->rerr = (int)nread;
+      s->rerr = (int16_t)nread;
     sr_stream_stop(s);
   }
   /* Flow control: with no reader waiting, stop taking more than a bounded
