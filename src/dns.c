@@ -31,7 +31,8 @@ static void sr_dns_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   }
 }
 
-static void sr_dns_detach(sr_task *t) {
+/* The waiting task goes (task.c): the answer, when it comes, is freed. */
+void sr__dns_detach(sr_task *t) {
   sr_dns_req *r = t->wait_on;
   r->task = NULL;
 }
@@ -86,7 +87,7 @@ static int sr_resolve_k(lua_State *L, int status, lua_KContext ctx) {
     t = sr__self(L, lp);
     r->task = t;
     t->wait_on = r;
-    t->detach = sr_dns_detach;
+    t->waits_on = SR_WAIT_DNS;
     sr__wait(L, t, sr__opt_seconds(L, 3), fresh, ctx, sr_resolve_k);
     fresh = 0;
   }

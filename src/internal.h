@@ -60,27 +60,37 @@ typedef enum {
   SR_TASK_CANCELLED
 } sr_task_state;
 
+/* What a waiting task waits on (wait_on points to it). */
+typedef enum {
+  SR_WAIT_NONE,   /* nothing, or only its timer (sleep, a bare yield) */
+  SR_WAIT_SOCKET, /* an sr_socket, as its reader or writer */
+  SR_WAIT_DNS,    /* a name lookup (dns.c) */
+  SR_WAIT_JOIN    /* another task's end */
+} sr_wait_kind;
+
+/* A task is allocated for each connection a server serves: its fields
+** are ordered and sized so that it takes 96 bytes. */
 struct sr_task {
   sr_loop *loop;
   lua_State *co; /* the coroutine; NULL for the loop-driving one */
-  int ref;       /* registry ref anchoring the task while alive */
-  int wake;      /* why the last wait ended: 0 or a UV_E* code */
-  int nres;      /* results (or error object) on co's stack */
-  unsigned char state;        /* an sr_task_state */
-  unsigned char woken;        /* pseudo-task: the wait has ended */
-  unsigned char has_deadline; /* deadline below bounds the operation */
-  /* What the task waits on, and how to take it off that thing's list. */
-  void *wait_on;
-  void (*detach)(sr_task *t);
+  void *wait_on; /* what it waits on, as waits_on says */
   uv_timer_t *timer; /* lazily allocated; freed in its close callback */
   uint64_t deadline; /* loop time (ms) the current operation ends at */
   sr_task *joiners;     /* tasks waiting in join() for this one */
   sr_task *next_joiner; /* link in the joined task's list */
   /* A connection handler (sr.listen) owns its connection: it is closed
-  ** when the task ends. conn points into the socket's userdata, which the
-  ** task anchors; handlers are listed in the loop for sr.shutdown. */
+  ** when the task ends. conn points into the socket's userdata, which sits
+  ** at the bottom of the coroutine's stack (task.c); handlers are listed
+  ** in the loop for sr.shutdown. */
   sr_socket **conn;
   sr_task *prev_handler, *next_handler;
+  int ref;      /* registry ref anchoring the task while alive */
+  int nres;     /* results (or error object) on co's stack */
+  int16_t wake; /* why the last wait ended: 0 or a UV_E* code */
+  unsigned char state;        /* an sr_task_state */
+  unsigned char waits_on;     /* an sr_wait_kind */
+  unsigned char woken;        /* pseudo-task: the wait has ended */
+  unsigned char has_deadline; /* deadline bounds the operation */
 };
 
 struct sr_loop {
@@ -200,7 +210,6 @@ int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
              lua_KContext ctx, lua_KFunction k);
 void sr__wake(sr_task *t, int status);
 int sr__timedout(sr_loop *lp);
-void sr__report(sr_loop *lp, lua_State *R, int tidx);
 void sr__task_open(lua_State *L, sr_loop *lp);
 int sr__spawn(lua_State *L);
 
@@ -214,6 +223,7 @@ void sr__socket_close(sr_socket *s);
 int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
                     int fresh, lua_KContext ctx, lua_KFunction k);
 void sr__socket_wake(sr_task **slot, int status);
+void sr__socket_detach(sr_task *t);
 void sr__socket_update_ref(sr_socket *s);
 void sr__socket_open(lua_State *L, sr_loop *lp);
 void sr__socket_finish_close(sr_socket *s);
@@ -251,6 +261,7 @@ int sr__dgram_write(lua_State *L);
 
 /* dns.c, signal.c */
 void sr__dns_open(lua_State *L, sr_loop *lp);
+void sr__dns_detach(sr_task *t);
 /* tty.c */
 void sr__tty_open(lua_State *L, sr_loop *lp);
 int sr__tty_init(sr_socket *s, int *inited);

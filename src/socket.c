@@ -154,7 +154,8 @@ static double sr_socket_timeout(const sr_socket *s, int which) {
   return ms == SR_NO_TIMEOUT ? -1 : ms / 1000.0;
 }
 
-static void sr_socket_detach(sr_task *t) {
+/* Take t off s's reader or writer slot (task.c, when its wait ends). */
+void sr__socket_detach(sr_task *t) {
   sr_socket *s = t->wait_on;
   if (s->reader == t) s->reader = NULL;
   if (s->writer == t) s->writer = NULL;
@@ -172,7 +173,7 @@ int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
                slot == &s->reader ? "reading" : "writing");
   *slot = t;
   t->wait_on = s;
-  t->detach = sr_socket_detach;
+  t->waits_on = SR_WAIT_SOCKET;
   sr__socket_update_ref(s);
   return sr__wait(L, t, sr_socket_timeout(s, which), fresh, ctx, k);
 }

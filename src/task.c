@@ -10,10 +10,16 @@
 
 #include "internal.h"
 
-/* Uservalues of a task userdata. */
-#define SR_TASK_UV_THREAD 1 /* the coroutine: keeps it alive */
-#define SR_TASK_UV_ERROR 2  /* the error object of a failed task */
-#define SR_TASK_UV_CONN 3   /* a handler's connection: keeps it alive */
+/*
+** A task userdata has one user value, its coroutine, which stays alive as
+** long as the task object does: join reads a task's results, and the
+** error object of a failed task, from the coroutine's stack. A connection
+** handler's connection sits at the bottom of that stack, below the
+** handler function, for as long as the task runs: that anchors it, and
+** the handler itself may drop its own reference. An idle connection then
+** pays for no more than this userdata and its coroutine.
+*/
+#define SR_TASK_UV_THREAD 1
 
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 
@@ -42,10 +48,17 @@ static void sr_task_close_timer(sr_task *t) {
   }
 }
 
+static void sr_join_detach(sr_task *t);
+
 /* Take the task off whatever it waits on. */
 static void sr_task_detach(sr_task *t) {
-  if (t->detach != NULL) t->detach(t);
-  t->detach = NULL;
+  switch (t->waits_on) {
+    case SR_WAIT_SOCKET: sr__socket_detach(t); break;
+    case SR_WAIT_DNS: sr__dns_detach(t); break;
+    case SR_WAIT_JOIN: sr_join_detach(t); break;
+    default: break;
+  }
+  t->waits_on = SR_WAIT_NONE;
   t->wait_on = NULL;
   if (t->timer != NULL) uv_timer_stop(t->timer);
 }
@@ -156,6 +169,19 @@ static void sr_task_drop_conn(sr_task *t) {
   t->conn = NULL;
 }
 
+/*
+** Reset t's coroutine, which runs its pending to-be-closed variables
+** (`local s <close>` sockets get closed); returns lua_resetthread's
+** status. A handler's connection stays on the stack while they run, and
+** is closed once they are done. (Its userdata cannot go away before: it
+** has a finalizer, which has to run first, and does not run in between.)
+*/
+static int sr_task_reset(sr_task *t) {
+  int st = lua_resetthread(t->co);
+  if (t->conn != NULL) sr_task_drop_conn(t);
+  return st;
+}
+
 /* Close what t owns and wake every task joined on it, now that it ended. */
 static void sr_task_finish(sr_task *t) {
   sr_loop *lp = t->loop;
@@ -166,7 +192,7 @@ static void sr_task_finish(sr_task *t) {
   while ((j = t->joiners) != NULL) {
     t->joiners = j->next_joiner;
     j->next_joiner = NULL;
-    j->detach = NULL; /* already unlinked */
+    j->waits_on = SR_WAIT_NONE; /* already unlinked */
     sr__wake(j, 0);
   }
   if (lp->L != NULL) luaL_unref(lp->L, LUA_REGISTRYINDEX, t->ref);
@@ -174,13 +200,13 @@ static void sr_task_finish(sr_task *t) {
 }
 
 /* Hand a failed task's traceback (at the top of L) to sr.onerror, or print
-** it; the task userdata is at tidx. */
-void sr__report(sr_loop *lp, lua_State *L, int tidx) {
+** it; the error object is at 1 and the task userdata at 2. */
+static void sr_task_report(sr_loop *lp, lua_State *L) {
   if (lp->onerror_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->onerror_ref);
-    lua_getiuservalue(L, tidx, SR_TASK_UV_ERROR);
+    lua_pushvalue(L, 1);
     lua_pushvalue(L, -3); /* traceback */
-    lua_pushvalue(L, tidx);
+    lua_pushvalue(L, 2);
     if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
     fprintf(stderr, "sockrun: error in sr.onerror: %s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -192,22 +218,27 @@ void sr__report(sr_loop *lp, lua_State *L, int tidx) {
 /*
 ** The task's function raised; its error object is at the top of co, whose
 ** stack Lua leaves as it was where the error happened. Take the traceback
-** from it, keep the error object for join, then reset the coroutine: that
-** runs its pending to-be-closed variables and leaves a fresh thread, on
-** which the sr.onerror hook runs. A handler's connection is closed before
-** the hook, so what the handler gathered leaves even if the hook exits.
-** Tasks thus need no protected-call frame of their own, which keeps an
-** idle task's stack small.
+** from it, then reset the coroutine: that runs its pending to-be-closed
+** variables and leaves a fresh thread, on which the sr.onerror hook runs.
+** The error object stays alone on that stack, for join. A handler's
+** connection is closed before the hook, so what the handler gathered
+** leaves even if the hook exits. Tasks thus need no protected-call frame
+** of their own, which keeps an idle task's stack small.
 */
 static void sr_task_failed(sr_task *t) {
   sr_loop *lp = t->loop;
   lua_State *co = t->co;
   sr_task *prev = lp->current;
   const char *msg;
-  int tb, pushed = 0;
+  int tb, err, pushed = 0;
   t->state = SR_TASK_FAILED;
   t->nres = 0;
-  if (!lua_checkstack(co, 4)) return; /* no memory left even to report */
+  if (!lua_checkstack(co, 4)) { /* no memory left even to report */
+    sr_task_reset(t);
+    lua_settop(co, 0);
+    lua_pushnil(co);
+    return;
+  }
   msg = lua_tostring(co, -1);
   if (msg == NULL) {
     msg = lua_pushfstring(co, "(error object is a %s value)",
@@ -217,19 +248,18 @@ static void sr_task_failed(sr_task *t) {
   luaL_traceback(co, co, msg, 0);
   tb = luaL_ref(co, LUA_REGISTRYINDEX);
   lua_pop(co, pushed); /* the error object is on top again */
-  lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref);
-  lua_pushvalue(co, -2);
-  lua_setiuservalue(co, -2, SR_TASK_UV_ERROR);
-  lua_resetthread(co); /* returns the task's own error status: not news */
-  if (t->conn != NULL) sr_task_drop_conn(t);
+  err = luaL_ref(co, LUA_REGISTRYINDEX);
+  sr_task_reset(t); /* returns the task's own error status: not news */
   lua_settop(co, 0);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, err); /* at 1, where join finds it */
+  luaL_unref(co, LUA_REGISTRYINDEX, err);
   lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref);
   lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
   luaL_unref(co, LUA_REGISTRYINDEX, tb);
   lp->current = t; /* a hook that blocks gets a clear error */
-  sr__report(lp, co, 1);
+  sr_task_report(lp, co);
   lp->current = prev;
-  lua_settop(co, 0);
+  lua_settop(co, 1);
 }
 
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
@@ -265,9 +295,9 @@ static sr_task *sr_check_task(lua_State *L, int arg) {
 /* A new task for the function at index 1 of L, with the nargs values
 ** above it as arguments; leaves the task userdata at the top of L and the
 ** function and arguments on the coroutine, ready to resume. */
-static sr_task *sr_task_new(lua_State *L, sr_loop *lp, int nuv) {
+static sr_task *sr_task_new(lua_State *L, sr_loop *lp) {
   int n = lua_gettop(L);
-  sr_task *t = lua_newuserdatauv(L, sizeof *t, nuv);
+  sr_task *t = lua_newuserdatauv(L, sizeof *t, 1);
   lua_State *co;
   memset(t, 0, sizeof *t);
   t->loop = lp;
@@ -295,7 +325,7 @@ int sr__spawn(lua_State *L) {
   sr_task *t;
   sr_check_callable(L, 1);
   lua_settop(L, n);
-  t = sr_task_new(L, sr_getloop(L), 2);
+  t = sr_task_new(L, sr_getloop(L));
   sr_task_resume(t, L, n - 1);
   return 1;
 }
@@ -314,10 +344,9 @@ static int sr_serve(lua_State *L) {
   sr_task *t;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   conn = sr__socket_slot(L, 2);
-  t = sr_task_new(L, lp, 3);
-  lua_pushvalue(t->co, 2); /* conn, now the coroutine's first argument */
-  lua_xmove(t->co, L, 1);
-  lua_setiuservalue(L, 1, SR_TASK_UV_CONN); /* the task is at 1 now */
+  t = sr_task_new(L, lp); /* the task at 1; handler and arguments moved */
+  lua_pushvalue(t->co, 2); /* conn, at the bottom, below the handler */
+  lua_insert(t->co, 1);
   t->conn = conn;
   t->next_handler = lp->handlers;
   if (lp->handlers != NULL) lp->handlers->prev_handler = t;
@@ -369,7 +398,8 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
         return target->nres;
       case SR_TASK_FAILED:
         luaL_pushfail(L);
-        lua_getiuservalue(L, 1, SR_TASK_UV_ERROR);
+        lua_pushvalue(target->co, 1); /* the error object (sr_task_failed) */
+        lua_xmove(target->co, L, 1);
         luaL_tolstring(L, -1, NULL);
         lua_remove(L, -2);
         lua_pushliteral(L, "ETASK");
@@ -383,7 +413,7 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
     self->next_joiner = target->joiners;
     target->joiners = self;
     self->wait_on = target;
-    self->detach = sr_join_detach;
+    self->waits_on = SR_WAIT_JOIN;
     sr__wait(L, self, timeout, fresh, ctx, sr_task_join_k);
     fresh = 0;
   }
@@ -412,7 +442,7 @@ static int sr_task_cancel(lua_State *L) {
   }
   sr_task_detach(t);
   t->state = SR_TASK_CANCELLED;
-  if (lua_resetthread(t->co) != LUA_OK) {
+  if (sr_task_reset(t) != LUA_OK) {
     fprintf(stderr, "sockrun: error closing cancelled task: %s\n",
             lua_tostring(t->co, -1));
   }
