@@ -61,8 +61,10 @@ $(BUILD)/obj/embed.o: $(BUILD)/embed.c
 	$(CC) $(ALL_CFLAGS) -Wno-overlength-strings -c $< -o $@
 
 $(BUILD)/obj/main.o: src/main.c src/internal.h
+$(BUILD)/obj/alloc.o: src/alloc.c src/internal.h
 
-$(BUILD)/sockrun: $(CORE_OBJ) $(BUILD)/obj/main.o $(BUILD)/obj/embed.o
+# The binary: the core, its own main and Lua allocator, the Lua side.
+$(BUILD)/sockrun: $(CORE_OBJ) $(BUILD)/obj/main.o $(BUILD)/obj/alloc.o $(BUILD)/obj/embed.o
 	$(CC) $(SAN) $(LINK_OPT) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(LIBUV_LIBS) -lm
 
 # Install missing Debian packages (as root), build, start the echo server.
@@ -120,8 +122,8 @@ clean:
 FUZZ_SECONDS ?= 30
 FUZZ_CC ?= clang
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer-no-link,address,undefined
-FUZZ_TARGETS = framing address
-FUZZ_OBJ = $(CORE_SRC:src/%.c=build-fuzz/obj/%.o)
+FUZZ_TARGETS = framing address alloc
+FUZZ_OBJ = $(CORE_SRC:src/%.c=build-fuzz/obj/%.o) build-fuzz/obj/alloc.o
 
 build-fuzz/obj/%.o: src/%.c src/internal.h
 	@mkdir -p $(dir $@)

@@ -461,3 +461,31 @@ describe("sockrun -w N", function()
     assert.matches("%-w needs a script file", err)
   end)
 end)
+
+describe("the binary's Lua allocator", function()
+  it("keeps the contents of strings and tables of every size, as they " ..
+     "grow, shrink and are collected", function()
+    assert_prints("ok\n", H.run_script([[
+      local keep = {}
+      for round = 1, 3 do
+        for n = 1, 3000, 7 do   -- across the pool's 1 KiB bound
+          local s = string.rep(string.char(65 + n % 26), n)
+          local t = {}
+          for i = 1, n // 10 do t[i] = i * round end   -- grows by doubling
+          keep[n] = { s = s, t = t }
+        end
+        collectgarbage()
+        for n = 1, 3000, 7 do
+          local k = keep[n]
+          assert(#k.s == n and k.s == string.rep(string.char(65 + n % 26), n))
+          for i = 1, n // 10 do assert(k.t[i] == i * round) end
+          for i = #k.t, 2, -1 do k.t[i] = nil end      -- shrinks on rehash
+          k.t.x = round
+        end
+        if round < 3 then keep = {} end
+        collectgarbage()
+      end
+      print("ok")
+    ]]))
+  end)
+end)

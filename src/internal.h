@@ -259,6 +259,12 @@ int sr__dgram_recvfrom(lua_State *L);
 int sr__dgram_read(lua_State *L);
 int sr__dgram_write(lua_State *L);
 
+/* alloc.c: the binary's allocator for its Lua state (not in the module) */
+typedef struct sr_pool sr_pool;
+sr_pool *sr__pool_new(void);
+void sr__pool_free(sr_pool *p);
+void *sr__alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
 /* dns.c, signal.c */
 void sr__dns_open(lua_State *L, sr_loop *lp);
 void sr__dns_detach(sr_task *t);

@@ -236,6 +236,37 @@ static int sr_pmain(lua_State *L) {
   return 1;
 }
 
+/* An unprotected error (none should reach here: everything runs under
+** lua_pcall), reported before Lua aborts, as luaL_newstate's would. */
+static int sr_panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "%s: PANIC: unprotected error in call to Lua API (%s)\n",
+          sr_progname, msg != NULL ? msg : "error object is not a string");
+  return 0;
+}
+
+/* Warnings on stderr as lua5.4 prints them, "Lua warning: " and the
+** message's pieces; the control messages "@on" and "@off" switch them. */
+static struct {
+  int on;   /* printing */
+  int cont; /* the last piece said more comes */
+} sr_warn_state;
+
+static void sr_warn(void *ud, const char *msg, int tocont) {
+  (void)ud;
+  if (!sr_warn_state.cont && msg[0] == '@') {
+    if (strcmp(msg + 1, "on") == 0) sr_warn_state.on = 1;
+    if (strcmp(msg + 1, "off") == 0) sr_warn_state.on = 0;
+    return;
+  }
+  if (sr_warn_state.on) {
+    if (!sr_warn_state.cont) fputs("Lua warning: ", stderr);
+    fputs(msg, stderr);
+    if (!tocont) fputc('\n', stderr);
+  }
+  sr_warn_state.cont = tocont;
+}
+
 /* A server holds a descriptor per connection: take the hard limit on open
 ** files, not the usual soft 1024. */
 static void sr_raise_nofile(void) {
@@ -304,6 +335,7 @@ int main(int argc, char **argv) {
   sr_args a = {argc, argv, 0, 0, 0, 0, 0};
   int interactive = 0, version = 0, r, status;
   lua_State *L;
+  sr_pool *pool;
   if (argv[0] && argv[0][0]) sr_progname = argv[0];
   r = sr_collect(argc, argv, &a, &interactive, &version);
   if (r != 0) {
@@ -338,12 +370,17 @@ int main(int argc, char **argv) {
   /* A peer that goes away must not kill the process. */
   signal(SIGPIPE, SIG_IGN);
   sr_raise_nofile();
-  L = luaL_newstate();
+  /* The state allocates from a pool of ours (alloc.c), freed after it. */
+  pool = sr__pool_new();
+  L = pool != NULL ? lua_newstate(sr__alloc, pool) : NULL;
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n",
             sr_progname);
+    sr__pool_free(pool);
     return 1;
   }
+  lua_atpanic(L, sr_panic);
+  lua_setwarnf(L, sr_warn, NULL);
   lua_pushcfunction(L, sr_pmain);
   lua_pushlightuserdata(L, &a);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
@@ -353,5 +390,6 @@ int main(int argc, char **argv) {
     status = lua_toboolean(L, -1) ? 1 : 0;
   }
   lua_close(L);
+  sr__pool_free(pool);
   return status;
 }
