@@ -164,6 +164,14 @@ bench: all
 	SOCKRUN="$(BUILD)/sockrun" BENCH_BIN="$(BENCH_BIN)" \
 	BENCH_LOGS="$(BUILD)/bench/logs" $(LUA) bench/run.lua
 
+# Instructions per request under callgrind (bench/instructions.sh): stable
+# on a noisy machine, user space only. About 3 minutes.
+.PHONY: bench-instr
+bench-instr: all
+	@sh bench/deps.sh
+	$(MAKE) --no-print-directory $(BENCH_PROGS)
+	SOCKRUN="$(BUILD)/sockrun" BENCH_BIN="$(BENCH_BIN)" bash bench/instructions.sh
+
 # == Soak (not in CI): misbehaving clients against the examples ===============
 SOAK_MINUTES ?= 10
 .PHONY: soak valgrind

@@ -19,11 +19,12 @@ local server = assert(sr.listen("127.0.0.1", port, function(conn)
     local line = conn:read("l")            -- the request line
     if not line then return end            -- the client went away
     local close = false
-    repeat                                 -- headers, up to the blank line
-      line = conn:read("l")
+    line = conn:read("l")
+    while line ~= "" do                    -- headers, up to the blank line
       if not line then return end
       if line:find("^[Cc]onnection:%s*[Cc]lose") then close = true end
-    until line == ""
+      line = conn:read("l")
+    end
     if not conn:write(close and CLOSE or KEEP) or close then return end
   end
 end))
