@@ -377,6 +377,13 @@ for _, kind in ipairs({ "tcp", "unix" }) do
         assert.equal("short", c:read("l"))
       end)
 
+    it("takes a maxline above the 4 GiB a socket can hold as no limit",
+      function()
+        assert.is_true(c:setmaxline(1 << 40))
+        a:write(string.rep("y", 70000) .. "\n")
+        assert.equal(70000, #c:read("l"))
+      end)
+
     it("raises for a non-positive maxline", function()
       H.raises(function() return c:setmaxline(0) end,
         "bad argument #1 to 'setmaxline'")
