@@ -107,6 +107,7 @@ for w in $ONLY; do
   base=
   for s in $SERVERS; do
     v=$(measure "$s" "$w")
+    [ "$v" = - ] && v=$(measure "$s" "$w") # once more: a port taken, say
     [ "$s" = c ] && base=$v
     ratio=-
     if [ "$v" != - ] && [ -n "$base" ] && [ "$base" != - ]; then

@@ -99,8 +99,7 @@ struct sr_loop {
   lua_State *R;      /* the thread that entered uv_run (runs callbacks) */
   sr_task *current;  /* the task running now, NULL outside tasks */
   sr_task main;      /* pseudo-task for blocking calls outside tasks */
-  uv_prepare_t flusher; /* sends gathered writes before each poll */
-  sr_socket *dirty;      /* sockets with gathered bytes */
+  sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
   sr_task *handlers;     /* running tasks that own a connection */
   char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
   int nspare;
@@ -198,7 +197,6 @@ double sr__opt_seconds(lua_State *L, int arg);
 
 /* loop.c */
 int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode);
-void sr__loop_flush_cb(uv_prepare_t *h);
 void sr__loop_flush(sr_loop *lp);
 void sr__sigpipe_block(sr_loop *lp, sigset_t *saved);
 void sr__sigpipe_restore(sr_loop *lp, const sigset_t *saved);

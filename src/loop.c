@@ -55,18 +55,15 @@ int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode) {
   return alive;
 }
 
-/* Send what tasks gathered on each socket, one write a socket: when a
-** task is about to block (sr__self), and before each poll as a backstop. Running only while sockets are on the list, it keeps the loop
-** alive for one more iteration when a task's last act was a write. */
+/* Send what tasks gathered on each socket, one write a socket. Called
+** each time a task gives control back (sr_task_resume): it has worked
+** through what it could, so the replies it made leave together. */
 void sr__loop_flush(sr_loop *lp) {
   sr_socket *s;
   while ((s = lp->dirty) != NULL) {
     if (sr__stream_flush(s) < 0) sr__socket_wake(&s->writer, 0);
   }
-  uv_prepare_stop(&lp->flusher);
 }
-
-void sr__loop_flush_cb(uv_prepare_t *h) { sr__loop_flush(h->loop->data); }
 
 static void sr_check_can_run(lua_State *L, sr_loop *lp, const char *what) {
   if (lp->running > 0 || lp->current != NULL)
@@ -152,10 +149,6 @@ static int sr_is_socket(uv_handle_t *h) {
 static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
   int pass = *(int *)arg;
   if (uv_is_closing(h)) return;
-  if (h == (uv_handle_t *)&((sr_loop *)h->loop->data)->flusher) {
-    uv_close(h, NULL); /* part of the loop struct */
-    return;
-  }
   if (pass == 1 && sr_is_socket(h)) {
     sr_socket *s = h->data;
     s->closed = 1;
@@ -229,7 +222,6 @@ static sr_loop *sr_loop_get(lua_State *L) {
     luaL_error(L, "cannot initialise the event loop");
   }
   lp->uv.data = lp;
-  uv_prepare_init(&lp->uv, &lp->flusher);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   lp->L = lua_tothread(L, -1);
   lua_pop(L, 1);

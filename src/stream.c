@@ -4,7 +4,7 @@
 ** exists only while unread bytes wait; framing scans it in C. Writes try
 ** uv_try_write first and queue only the rest, anchoring the Lua strings;
 ** small writes from tasks are gathered and leave in one write per socket
-** just before the loop polls.
+** when the task gives control back to the loop.
 */
 
 #include <ctype.h>
@@ -515,7 +515,6 @@ static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
     s->dirty = 1;
     s->next_dirty = lp->dirty;
     lp->dirty = s;
-    if (s->next_dirty == NULL) uv_prepare_start(&lp->flusher, sr__loop_flush_cb);
   }
   return 0;
 }
@@ -613,8 +612,8 @@ int sr__stream_write(lua_State *L) {
     return 1;
   }
   /* Inside a task, a small write is gathered: replies made while working
-  ** through buffered input leave together, in one write per socket, just
-  ** before the loop polls (sr__loop_flush_cb). */
+  ** through buffered input leave together, in one write per socket, when
+  ** the task gives control back to the loop (sr__loop_flush). */
   if (s->loop->current != NULL && total <= SR_GATHER_MAX &&
       s->wlen + total <= SR_GATHER_LIMIT) {
     if ((err = sr_stream_gather(L, s, total)) < 0) return sr__fail(L, err);

@@ -73,10 +73,6 @@ static void sr_task_detach(sr_task *t) {
 sr_task *sr__self(lua_State *L, sr_loop *lp) {
   sr_task *t = lp->current;
   if (t != NULL && t->co == L) {
-    /* About to block: the task has worked through what it could, so what
-    ** it gathered for writing leaves now (see stream.c), one write per
-    ** socket, rather than waiting for the loop to poll. */
-    if (lp->dirty != NULL) sr__loop_flush(lp);
     if (!lua_isyieldable(L))
       luaL_error(L,
                  "cannot block across a C-call boundary (metamethod, "
@@ -269,6 +265,10 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
   lp->current = t;
   st = lua_resume(t->co, from, nargs, &nres);
   lp->current = prev;
+  /* The task blocked, yielded or ended: it has worked through what it
+  ** could, so what it gathered for writing leaves now (stream.c), one
+  ** write per socket. */
+  if (lp->dirty != NULL) sr__loop_flush(lp);
   if (st == LUA_YIELD) {
     if (t->state == SR_TASK_WAITING) return; /* waits in sr__wait */
     /* A bare coroutine.yield() in a task: let others run, then go on. */
