@@ -477,6 +477,28 @@ describe("s:write", function()
     assert.equal("42 1.5", a:read("l"))
   end))
 
+  it("returns EBADF, writing nothing, when a finalizer closes the socket " ..
+     "while its numbers become strings", on_pair("tcp", function(c, a)
+    local ran, armed, closed = 0, false, false
+    local closer = { __gc = function()
+      ran = ran + 1
+      if armed and not closed then c:close() closed = true end
+    end }
+    for _ = 1, 20000 do setmetatable({}, closer) end
+    collectgarbage("incremental", 0, 100) -- collect all along
+    H.defer(function() collectgarbage("incremental", 200, 100) end)
+    repeat collectgarbage("step", 0) until ran > 0 -- finalizers now run
+    local nums = {}
+    for k = 1, 2000 do nums[k] = k + 0.5 end -- each one a new string
+    armed = true
+    local ok, msg, code = c:write(table.unpack(nums))
+    armed = false
+    assert.is_true(closed, "no finalizer ran during the write")
+    H.assert_closed(ok, msg, code)
+    a:settimeout(5)
+    H.assert_eof(a:read(1))
+  end))
+
   it("returns the socket so that calls chain", on_pair("unix", function(c, a)
     local r = c:write("a"):write("b"):write("c\n")
     assert.equal(c, r)

@@ -246,7 +246,7 @@ void sr__stream_release(sr_socket *s);
 /* sr__stream_read runs as s:read, whose upvalue 2 is the table of short
 ** strings sr__stream_try_read takes as bytes */
 int sr__stream_read(lua_State *L, sr_socket *s);
-int sr__stream_write(lua_State *L);
+int sr__stream_write(lua_State *L, sr_socket *s);
 int sr__stream_flush(sr_socket *s);
 int sr__stream_shutdown(lua_State *L);
 

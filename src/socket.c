@@ -763,7 +763,7 @@ static int sr_socket_read(lua_State *L) {
 static int sr_socket_write(lua_State *L) {
   sr_socket *s = sr__to_socket(L, 1);
   return s != NULL && s->kind == SR_DGRAM ? sr__dgram_write(L)
-                                          : sr__stream_write(L);
+                                          : sr__stream_write(L, s);
 }
 
 /* core.addrfamily(host): "inet" or "inet6" for a numeric address, nil

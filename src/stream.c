@@ -588,11 +588,12 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
 
 #define SR_IOV_STACK 16
 
-/* s:write(...) on the stream socket at arg 1. The arguments are checked
-** (numbers made strings, which can run a finalizer) before the socket. */
-int sr__stream_write(lua_State *L) {
+/* s:write(...) on the stream socket s at arg 1 (NULL when closed). The
+** arguments are checked (numbers made strings, which can run a finalizer
+** that closes s, whose struct lives on until its close callback) before
+** the socket. */
+int sr__stream_write(lua_State *L, sr_socket *s) {
   int i, n = lua_gettop(L), nb = n - 1, first = 0, err;
-  sr_socket *s;
   uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
   size_t total = 0, len;
   ssize_t done;
@@ -601,7 +602,7 @@ int sr__stream_write(lua_State *L) {
     luaL_checklstring(L, i, &len);
     total += len;
   }
-  if ((s = sr__check_socket(L, 1)) == NULL) return 3;
+  if (s == NULL || s->closed) return sr__fail(L, UV_EBADF);
   if (s->writer != NULL) /* refuse before a byte of ours goes out */
     return luaL_error(L, "socket is busy: another task is already writing "
                          "on it");
