@@ -462,6 +462,21 @@ describe("sockrun -w N", function()
   end)
 end)
 
+describe("Lua warnings in the binary", function()
+  it("prints them on stderr, pieces joined, a leading @ kept when the " ..
+     "message has several pieces", function()
+    local out, err, code = H.run_script([[
+      warn("one ", "two")
+      warn("@x", "y")
+      warn("@off")
+      warn("hidden")
+    ]])
+    assert.equal(0, code, err)
+    assert.equal("", out)
+    assert.equal("Lua warning: one two\nLua warning: @xy\n", err)
+  end)
+end)
+
 describe("the binary's Lua allocator", function()
   it("keeps the contents of strings and tables of every size, as they " ..
      "grow, shrink and are collected", function()

@@ -1013,6 +1013,42 @@ describe("sr.listen and sr.connect", function()
     srv:close()
   end)
 
+  it("give a handler's results to task:join, and only those", function()
+    local task
+    local srv = assert(sr.listen("127.0.0.1", 0, function(conn)
+      task = sr.current()
+      conn:read("l")
+      return "r1", "r2"
+    end))
+    local _, port = srv:getsockname()
+    local c = assert(sr.connect("127.0.0.1", port))
+    c:write("go\n")
+    assert(H.wait_for(function() return task ~= nil end))
+    assert.same({ "r1", "r2" }, { task:join(5) })
+    c:close()
+    srv:close()
+  end)
+
+  it("survive a script closing the handler's coroutine behind its back",
+     function()
+    local task, co
+    local srv = assert(sr.listen("127.0.0.1", 0, function(conn)
+      task, co = sr.current(), coroutine.running()
+      conn:read("l")
+    end))
+    local _, port = srv:getsockname()
+    local c = assert(sr.connect("127.0.0.1", port))
+    c:settimeout(5)
+    assert(H.wait_for(function() return co ~= nil end))
+    assert.is_true(coroutine.close(co))
+    collectgarbage() -- nothing of the handler's holds its connection now
+    collectgarbage()
+    assert.is_true(task:cancel())
+    H.assert_eof(c:read("l"))
+    c:close()
+    srv:close()
+  end)
+
   it("close a failed handler's connection before sr.onerror sees the " ..
      "failure", function()
     local conn_in_hook

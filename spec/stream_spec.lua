@@ -377,6 +377,13 @@ for _, kind in ipairs({ "tcp", "unix" }) do
         assert.equal("short", c:read("l"))
       end)
 
+    it("fails at once, with ENOBUFS, for a count above the 4 GiB a " ..
+       "socket can hold", function()
+        a:write("x")
+        H.assert_fail("ENOBUFS", c:read(1 << 33))
+        assert.equal("x", c:read(1))
+      end)
+
     it("takes a maxline above the 4 GiB a socket can hold as no limit",
       function()
         assert.is_true(c:setmaxline(1 << 40))

@@ -67,6 +67,14 @@ describe("sr.spawn", function()
     assert.same({ "before", "after" }, steps)
   end)
 
+  it("passes many arguments on (300), growing the task's stack", function()
+    local args = {}
+    for i = 1, 300 do args[i] = i end
+    local t = sr.spawn(function(...) return select("#", ...), (select(300, ...)) end,
+      table.unpack(args))
+    assert.same({ 300, 300 }, { t:join() })
+  end)
+
   it("passes its extra arguments to the function", function()
     local t = sr.spawn(function(a, b, c) return a + b, c end, 1, 2, "three")
     local sum, c = t:join()
@@ -513,6 +521,22 @@ describe("sr.step", function()
     local t = sr.spawn(function() return pcall(sr.step) end)
     assert_raised("inside a task", t:join())
   end)
+
+  -- A finalizer runs inside whatever allocates, a sockrun call included:
+  -- running the loop there could free a socket under that call.
+  it("raises when called from a finalizer, as blocking calls do", function()
+    local got = {}
+    setmetatable({}, { __gc = function()
+      got.step = table.pack(pcall(sr.step))
+      got.sleep = table.pack(pcall(sr.sleep, 0))
+    end })
+    collectgarbage()
+    collectgarbage()
+    assert.is_false(got.step[1])
+    assert.matches("sr.step cannot be called from a finalizer", got.step[2], 1, true)
+    assert.is_false(got.sleep[1])
+    assert.matches("cannot block in a finalizer", got.sleep[2], 1, true)
+  end)
 end)
 
 describe("sr.backend_fd and sr.backend_timeout", function()
@@ -564,6 +588,16 @@ describe("sr.onerror", function()
     H.quiet_errors(function(err) got = err end)
     sr.spawn(function() error(obj) end)
     assert.equal(obj, got)
+  end)
+
+  it("sends what the hook writes on a socket, as a task's writes", function()
+    local c, a = H.pair("tcp")
+    H.quiet_errors(function(err) c:write("hook: ", err:match("boom"), "\n") end)
+    sr.spawn(function() sr.sleep(0.01); error("boom") end)
+    a:settimeout(2)
+    assert.equal("hook: boom", a:read("l"))
+    c:close()
+    a:close()
   end)
 
   it("is not called for tasks that end normally or are cancelled", function()

@@ -14,7 +14,14 @@
 
 /* ASan cannot see blocks inside our chunks: poison the free ones, so that
 ** a use after free or an overrun into a free block is still caught. */
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) /* gcc */
+#define SR_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) /* clang */
+#define SR_ASAN 1
+#endif
+#endif
+#ifdef SR_ASAN
 #include <sanitizer/asan_interface.h>
 #define SR_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
 #define SR_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
@@ -75,6 +82,7 @@ static void *sr_pool_cut(sr_pool *p, size_t c) {
       f->next = p->free[rest / SR_POOL_GRAIN];
       p->free[rest / SR_POOL_GRAIN] = f;
     }
+    p->next = p->end; /* given away, even if no new chunk comes */
     if ((ch = malloc(SR_POOL_CHUNK)) == NULL) return NULL;
     ch->next = p->chunks;
     p->chunks = ch;

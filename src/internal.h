@@ -198,6 +198,7 @@ double sr__opt_seconds(lua_State *L, int arg);
 /* loop.c */
 int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode);
 void sr__loop_flush(sr_loop *lp);
+int sr__in_finalizer(lua_State *L);
 void sr__sigpipe_block(sr_loop *lp, sigset_t *saved);
 void sr__sigpipe_restore(sr_loop *lp, const sigset_t *saved);
 __attribute__((visibility("default"))) int luaopen_sockrun_core(lua_State *L);

@@ -65,12 +65,25 @@ void sr__loop_flush(sr_loop *lp) {
   }
 }
 
+/*
+** Whether Lua is running a finalizer (__gc) now: Lua 5.4.4 stops its
+** collector while it does, and answers -1 to every lua_gc request then.
+** A finalizer runs at any allocation, in the middle of a sockrun call
+** that holds a socket's struct: if it ran the loop, a close callback
+** could free that struct under the call. So it may not.
+*/
+int sr__in_finalizer(lua_State *L) {
+  return lua_gc(L, LUA_GCISRUNNING) < 0;
+}
+
 static void sr_check_can_run(lua_State *L, sr_loop *lp, const char *what) {
   if (lp->running > 0 || lp->current != NULL)
     luaL_error(L,
                "%s cannot be called from inside a task or callback "
                "(the loop is already running)",
                what);
+  if (sr__in_finalizer(L))
+    luaL_error(L, "%s cannot be called from a finalizer (__gc)", what);
 }
 
 /* sr.run([fn, ...]): spawn fn if given, then run until no work is left or

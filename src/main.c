@@ -246,7 +246,8 @@ static int sr_panic(lua_State *L) {
 }
 
 /* Warnings on stderr as lua5.4 prints them, "Lua warning: " and the
-** message's pieces; the control messages "@on" and "@off" switch them. */
+** message's pieces; the control messages "@on" and "@off" (a message in
+** one piece) switch them. */
 static struct {
   int on;   /* printing */
   int cont; /* the last piece said more comes */
@@ -254,7 +255,7 @@ static struct {
 
 static void sr_warn(void *ud, const char *msg, int tocont) {
   (void)ud;
-  if (!sr_warn_state.cont && msg[0] == '@') {
+  if (!sr_warn_state.cont && !tocont && msg[0] == '@') {
     if (strcmp(msg + 1, "on") == 0) sr_warn_state.on = 1;
     if (strcmp(msg + 1, "off") == 0) sr_warn_state.on = 0;
     return;

@@ -760,8 +760,14 @@ static int sr_socket_read(lua_State *L) {
                                           : sr__stream_read(L, s);
 }
 
+/* The arguments become strings first: numbers converted can run a
+** finalizer, which may close the socket and even run the loop (outside
+** tasks), so the socket is read from its userdata only after that. */
 static int sr_socket_write(lua_State *L) {
-  sr_socket *s = sr__to_socket(L, 1);
+  sr_socket **slot = sr__socket_slot(L, 1), *s;
+  int i, n = lua_gettop(L);
+  for (i = 2; i <= n; i++) luaL_checklstring(L, i, NULL);
+  s = *slot;
   return s != NULL && s->kind == SR_DGRAM ? sr__dgram_write(L)
                                           : sr__stream_write(L, s);
 }

@@ -320,6 +320,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
       if (s->len > 0) return sr_stream_end(L, s);
       break;
     case SR_READ_COUNT:
+      if (count > SR_BUF_MAX) return sr__fail(L, UV_ENOBUFS); /* never fits */
       if (s->len >= count && (count > 0 || s->len > 0 || !ended)) {
         sr_push_bytes(L, s->buf ? s->buf + s->off : "", count, bytes);
         if (count > 0) sr_stream_consume(s, count);
@@ -375,8 +376,9 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
     size_t count = 0;
     int keep, n;
     sr_fmt fmt = sr_check_format(L, 2 + done, &count, &keep);
-    /* The struct outlives this call (it is freed in a close callback),
-    ** but a finalizer run by a push may have closed the socket. */
+    /* The struct outlives this call (it is freed in a close callback,
+    ** and a finalizer may not run the loop: sr__in_finalizer), but a
+    ** finalizer run by a push may have closed the socket. */
     if (s->closed) return done + sr__fail(L, UV_EBADF);
     while ((n = sr__stream_try_read(L, s, fmt, count, keep,
                                     lua_upvalueindex(2))) == 0) {
@@ -588,10 +590,8 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
 
 #define SR_IOV_STACK 16
 
-/* s:write(...) on the stream socket s at arg 1 (NULL when closed). The
-** arguments are checked (numbers made strings, which can run a finalizer
-** that closes s, whose struct lives on until its close callback) before
-** the socket. */
+/* s:write(...) on the stream socket s at arg 1 (NULL when closed), whose
+** arguments are strings already (sr_socket_write). */
 int sr__stream_write(lua_State *L, sr_socket *s) {
   int i, n = lua_gettop(L), nb = n - 1, first = 0, err;
   uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
@@ -602,7 +602,7 @@ int sr__stream_write(lua_State *L, sr_socket *s) {
     luaL_checklstring(L, i, &len);
     total += len;
   }
-  if (s == NULL || s->closed) return sr__fail(L, UV_EBADF);
+  if (s == NULL) return sr__fail(L, UV_EBADF);
   if (s->writer != NULL) /* refuse before a byte of ours goes out */
     return luaL_error(L, "socket is busy: another task is already writing "
                          "on it");

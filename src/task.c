@@ -11,15 +11,15 @@
 #include "internal.h"
 
 /*
-** A task userdata has one user value, its coroutine, which stays alive as
-** long as the task object does: join reads a task's results, and the
-** error object of a failed task, from the coroutine's stack. A connection
-** handler's connection sits at the bottom of that stack, below the
-** handler function, for as long as the task runs: that anchors it, and
-** the handler itself may drop its own reference. An idle connection then
-** pays for no more than this userdata and its coroutine.
+** User values of a task userdata. The coroutine stays alive as long as the
+** task object does: join reads a finished task's results from its stack.
+** A failed task's coroutine is dead, and its error object takes its place.
+** A connection handler's connection is anchored in the second one for as
+** long as the task runs (the handler itself may drop its reference, and a
+** script's coroutine.close on the task's coroutine must not free it).
 */
-#define SR_TASK_UV_THREAD 1
+#define SR_TASK_UV_THREAD 1 /* the coroutine; a failed task's error object */
+#define SR_TASK_UV_CONN 2   /* a handler's connection (sr_serve) */
 
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 
@@ -86,6 +86,8 @@ sr_task *sr__self(lua_State *L, sr_loop *lp) {
                "sr.spawn");
   if (lp->main.state == SR_TASK_WAITING)
     luaL_error(L, "cannot block: a blocking call is already in progress");
+  if (sr__in_finalizer(L)) /* it would run the loop: see loop.c */
+    luaL_error(L, "cannot block in a finalizer (__gc)");
   return &lp->main;
 }
 
@@ -165,13 +167,9 @@ static void sr_task_drop_conn(sr_task *t) {
   t->conn = NULL;
 }
 
-/*
-** Reset t's coroutine, which runs its pending to-be-closed variables
-** (`local s <close>` sockets get closed); returns lua_resetthread's
-** status. A handler's connection stays on the stack while they run, and
-** is closed once they are done. (Its userdata cannot go away before: it
-** has a finalizer, which has to run first, and does not run in between.)
-*/
+/* Reset t's coroutine, which runs its pending to-be-closed variables
+** (`local s <close>` sockets get closed), then close a handler's
+** connection; returns lua_resetthread's status. */
 static int sr_task_reset(sr_task *t) {
   int st = lua_resetthread(t->co);
   if (t->conn != NULL) sr_task_drop_conn(t);
@@ -215,47 +213,49 @@ static void sr_task_report(sr_loop *lp, lua_State *L) {
 ** The task's function raised; its error object is at the top of co, whose
 ** stack Lua leaves as it was where the error happened. Take the traceback
 ** from it, then reset the coroutine: that runs its pending to-be-closed
-** variables and leaves a fresh thread, on which the sr.onerror hook runs.
-** The error object stays alone on that stack, for join. A handler's
-** connection is closed before the hook, so what the handler gathered
-** leaves even if the hook exits. Tasks thus need no protected-call frame
-** of their own, which keeps an idle task's stack small.
+** variables (an error in one of them replaces the error object, as Lua's
+** own rule for them says) and leaves the error object alone on a fresh
+** stack, where the sr.onerror hook runs. A handler's connection is closed
+** before the hook, so what the handler gathered leaves even if the hook
+** exits. Then the error object replaces the coroutine in the task, for
+** join. Tasks thus need no protected-call frame of their own, which keeps
+** an idle task's stack small.
 */
 static void sr_task_failed(sr_task *t) {
   sr_loop *lp = t->loop;
   lua_State *co = t->co;
   sr_task *prev = lp->current;
-  const char *msg;
-  int tb, err, pushed = 0;
+  int tb = LUA_NOREF;
   t->state = SR_TASK_FAILED;
   t->nres = 0;
-  if (!lua_checkstack(co, 4)) { /* no memory left even to report */
-    sr_task_reset(t);
-    lua_settop(co, 0);
-    lua_pushnil(co);
-    return;
+  if (lua_checkstack(co, 3)) { /* else it overflowed: no traceback */
+    const char *msg = lua_tostring(co, -1);
+    int pushed = 0;
+    if (msg == NULL) {
+      msg = lua_pushfstring(co, "(error object is a %s value)",
+                            luaL_typename(co, -1));
+      pushed = 1;
+    }
+    luaL_traceback(co, co, msg, 0);
+    tb = luaL_ref(co, LUA_REGISTRYINDEX);
+    lua_pop(co, pushed);
   }
-  msg = lua_tostring(co, -1);
-  if (msg == NULL) {
-    msg = lua_pushfstring(co, "(error object is a %s value)",
-                          luaL_typename(co, -1));
-    pushed = 1;
+  sr_task_reset(t); /* the error object at 1 */
+  lua_settop(co, 1);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref); /* the task, at 2 */
+  if (tb != LUA_NOREF) {
+    lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
+    luaL_unref(co, LUA_REGISTRYINDEX, tb);
+  } else {
+    luaL_tolstring(co, 1, NULL);
   }
-  luaL_traceback(co, co, msg, 0);
-  tb = luaL_ref(co, LUA_REGISTRYINDEX);
-  lua_pop(co, pushed); /* the error object is on top again */
-  err = luaL_ref(co, LUA_REGISTRYINDEX);
-  sr_task_reset(t); /* returns the task's own error status: not news */
-  lua_settop(co, 0);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, err); /* at 1, where join finds it */
-  luaL_unref(co, LUA_REGISTRYINDEX, err);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
-  luaL_unref(co, LUA_REGISTRYINDEX, tb);
   lp->current = t; /* a hook that blocks gets a clear error */
   sr_task_report(lp, co);
   lp->current = prev;
-  lua_settop(co, 1);
+  lua_pushvalue(co, 1);
+  lua_setiuservalue(co, 2, SR_TASK_UV_THREAD);
+  lua_settop(co, 0); /* a dead coroutine, no longer anchored: */
+  t->co = NULL;      /* nothing uses it from here on */
 }
 
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
@@ -265,27 +265,29 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
   lp->current = t;
   st = lua_resume(t->co, from, nargs, &nres);
   lp->current = prev;
-  /* The task blocked, yielded or ended: it has worked through what it
-  ** could, so what it gathered for writing leaves now (stream.c), one
-  ** write per socket. */
-  if (lp->dirty != NULL) sr__loop_flush(lp);
   if (st == LUA_YIELD) {
-    if (t->state == SR_TASK_WAITING) return; /* waits in sr__wait */
-    /* A bare coroutine.yield() in a task: let others run, then go on. */
-    lua_pop(t->co, nres);
-    t->has_deadline = 0;
-    t->wake = 0;
-    t->state = SR_TASK_WAITING;
-    if (sr_task_arm(t, 0) < 0) t->state = SR_TASK_RUNNING;
-    return;
-  }
-  if (st == LUA_OK) {
-    t->state = SR_TASK_DONE;
-    t->nres = nres;
+    if (t->state != SR_TASK_WAITING) {
+      /* A bare coroutine.yield() in a task: let others run, then go on. */
+      lua_pop(t->co, nres);
+      t->has_deadline = 0;
+      t->wake = 0;
+      t->state = SR_TASK_WAITING;
+      if (sr_task_arm(t, 0) < 0) t->state = SR_TASK_RUNNING;
+    } /* else it waits in sr__wait */
   } else {
-    sr_task_failed(t);
+    if (st == LUA_OK) {
+      t->state = SR_TASK_DONE;
+      t->nres = nres;
+    } else {
+      sr_task_failed(t);
+    }
+    sr_task_finish(t);
   }
-  sr_task_finish(t);
+  /* The task blocked, yielded or ended: it has worked through what it
+  ** could, so what it (or its sr.onerror hook) gathered for writing
+  ** leaves now (stream.c), one write per socket. Last, because a failed
+  ** flush wakes the socket's writer, which may be any task. */
+  if (lp->dirty != NULL) sr__loop_flush(lp);
 }
 
 static sr_task *sr_check_task(lua_State *L, int arg) {
@@ -295,9 +297,9 @@ static sr_task *sr_check_task(lua_State *L, int arg) {
 /* A new task for the function at index 1 of L, with the nargs values
 ** above it as arguments; leaves the task userdata at the top of L and the
 ** function and arguments on the coroutine, ready to resume. */
-static sr_task *sr_task_new(lua_State *L, sr_loop *lp) {
+static sr_task *sr_task_new(lua_State *L, sr_loop *lp, int nuv) {
   int n = lua_gettop(L);
-  sr_task *t = lua_newuserdatauv(L, sizeof *t, 1);
+  sr_task *t = lua_newuserdatauv(L, sizeof *t, nuv);
   lua_State *co;
   memset(t, 0, sizeof *t);
   t->loop = lp;
@@ -307,6 +309,7 @@ static sr_task *sr_task_new(lua_State *L, sr_loop *lp) {
   co = lua_newthread(L);
   lua_setiuservalue(L, -2, SR_TASK_UV_THREAD);
   t->co = co;
+  if (!lua_checkstack(co, n)) luaL_error(L, "too many arguments for a task");
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* alive until it ends */
   lua_rotate(L, 1, 1); /* task below fn and args */
@@ -325,7 +328,7 @@ int sr__spawn(lua_State *L) {
   sr_task *t;
   sr_check_callable(L, 1);
   lua_settop(L, n);
-  t = sr_task_new(L, sr_getloop(L));
+  t = sr_task_new(L, sr_getloop(L), 1);
   sr_task_resume(t, L, n - 1);
   return 1;
 }
@@ -344,9 +347,10 @@ static int sr_serve(lua_State *L) {
   sr_task *t;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   conn = sr__socket_slot(L, 2);
-  t = sr_task_new(L, lp); /* the task at 1; handler and arguments moved */
-  lua_pushvalue(t->co, 2); /* conn, at the bottom, below the handler */
-  lua_insert(t->co, 1);
+  t = sr_task_new(L, lp, 2);
+  lua_pushvalue(t->co, 2); /* conn, now the coroutine's first argument */
+  lua_xmove(t->co, L, 1);
+  lua_setiuservalue(L, 1, SR_TASK_UV_CONN); /* the task is at 1 now */
   t->conn = conn;
   t->next_handler = lp->handlers;
   if (lp->handlers != NULL) lp->handlers->prev_handler = t;
@@ -398,8 +402,7 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
         return target->nres;
       case SR_TASK_FAILED:
         luaL_pushfail(L);
-        lua_pushvalue(target->co, 1); /* the error object (sr_task_failed) */
-        lua_xmove(target->co, L, 1);
+        lua_getiuservalue(L, 1, SR_TASK_UV_THREAD); /* its error object */
         luaL_tolstring(L, -1, NULL);
         lua_remove(L, -2);
         lua_pushliteral(L, "ETASK");
