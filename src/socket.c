@@ -766,10 +766,14 @@ static int sr_socket_read(lua_State *L) {
 static int sr_socket_write(lua_State *L) {
   sr_socket **slot = sr__socket_slot(L, 1), *s;
   int i, n = lua_gettop(L);
-  for (i = 2; i <= n; i++) luaL_checklstring(L, i, NULL);
+  size_t total = 0, len;
+  for (i = 2; i <= n; i++) {
+    luaL_checklstring(L, i, &len);
+    total += len;
+  }
   s = *slot;
   return s != NULL && s->kind == SR_DGRAM ? sr__dgram_write(L)
-                                          : sr__stream_write(L, s);
+                                          : sr__stream_write(L, s, total);
 }
 
 /* core.addrfamily(host): "inet" or "inet6" for a numeric address, nil
@@ -849,10 +853,9 @@ void sr__socket_open(lua_State *L, sr_loop *lp) {
   luaL_newmetatable(L, SR_SOCKET_MT);
   lua_newtable(L);
   sr__setfuncs(L, sr_socket_methods, lp);
-  /* read gets the strings of at most one byte as upvalue 2 (stream.c) */
+  /* read gets the strings it returns most often as upvalues (stream.c) */
   lua_pushlightuserdata(L, lp);
-  sr__stream_push_bytes(L);
-  lua_pushcclosure(L, sr_socket_read, 2);
+  lua_pushcclosure(L, sr_socket_read, 1 + sr__stream_push_read_upvalues(L));
   lua_setfield(L, -2, "read");
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "methods");

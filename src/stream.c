@@ -195,30 +195,35 @@ static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count, int *keep) {
 }
 
 /*
-** Push p[0..n) as a string. bytes, when not 0, is the index of a table of
-** the strings of at most one byte ("" at 1, byte c at c + 2): a protocol's
-** type byte, or the "" left of a "\r\n" read with "l", then costs an
-** array lookup instead of hashing and interning (for "", Lua's own
-** lua_pushlstring goes through its C-string cache and a strcmp).
+** s:read's upvalues after the loop: the strings of at most one byte and
+** "" on its own. A protocol's type byte, or the "" left of a "\r\n" read
+** with "l", then costs an array lookup or a copy from an upvalue instead
+** of hashing and interning (for "", Lua's own lua_pushlstring goes
+** through its C-string cache and a strcmp).
 */
-static void sr_push_bytes(lua_State *L, const char *p, size_t n, int bytes) {
-  if (n <= 1 && bytes != 0)
-    lua_rawgeti(L, bytes, n == 0 ? 1 : (unsigned char)p[0] + 2);
+#define SR_UV_BYTES lua_upvalueindex(2) /* byte c at c + 1 */
+#define SR_UV_EMPTY lua_upvalueindex(3)
+
+static void sr_push_bytes(lua_State *L, const char *p, size_t n) {
+  if (n == 0)
+    lua_pushvalue(L, SR_UV_EMPTY);
+  else if (n == 1)
+    lua_rawgeti(L, SR_UV_BYTES, (unsigned char)p[0] + 1);
   else
     lua_pushlstring(L, p, n);
 }
 
-/* Push that table. */
-void sr__stream_push_bytes(lua_State *L) {
+/* Push those upvalues; returns how many. */
+int sr__stream_push_read_upvalues(lua_State *L) {
   int c;
-  lua_createtable(L, 257, 0);
-  lua_pushliteral(L, "");
-  lua_rawseti(L, -2, 1);
+  lua_createtable(L, 256, 0);
   for (c = 0; c < 256; c++) {
     char b = (char)c;
     lua_pushlstring(L, &b, 1);
-    lua_rawseti(L, -2, c + 2);
+    lua_rawseti(L, -2, c + 1);
   }
+  lua_pushliteral(L, "");
+  return 2;
 }
 
 /* At EOF or after an error: what is left, then the condition itself. */
@@ -312,8 +317,8 @@ static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
 ** number of values (1, or 3 for nil, message, code), or return 0 when
 ** more bytes are needed.
 */
-int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
-                        size_t count, int keep, int bytes) {
+static int sr_stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
+                              size_t count, int keep) {
   int ended = s->eof || s->rerr != 0;
   switch (fmt) {
     case SR_READ_ANY:
@@ -322,7 +327,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
     case SR_READ_COUNT:
       if (count > SR_BUF_MAX) return sr__fail(L, UV_ENOBUFS); /* never fits */
       if (s->len >= count && (count > 0 || s->len > 0 || !ended)) {
-        sr_push_bytes(L, s->buf ? s->buf + s->off : "", count, bytes);
+        sr_push_bytes(L, s->buf ? s->buf + s->off : "", count);
         if (count > 0) sr_stream_consume(s, count);
         return 1;
       }
@@ -347,7 +352,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
           k--;
           if (k > 0 && base[k - 1] == '\r') k--;
         }
-        sr_push_bytes(L, base, k, bytes);
+        sr_push_bytes(L, base, k);
         sr_stream_consume(s, n);
         return 1;
       }
@@ -380,8 +385,7 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
     ** and a finalizer may not run the loop: sr__in_finalizer), but a
     ** finalizer run by a push may have closed the socket. */
     if (s->closed) return done + sr__fail(L, UV_EBADF);
-    while ((n = sr__stream_try_read(L, s, fmt, count, keep,
-                                    lua_upvalueindex(2))) == 0) {
+    while ((n = sr_stream_try_read(L, s, fmt, count, keep)) == 0) {
       if (!fresh && sr__timedout(s->loop))
         return done + sr__fail(L, UV_ETIMEDOUT);
       sr__stream_start(s);
@@ -408,12 +412,13 @@ static int sr_stream_read_k(lua_State *L, int status, lua_KContext ctx) {
 /* s:read(...) on the stream socket at arg 1: s, or NULL when closed
 ** (misuse still raises: every format is checked before EBADF). */
 int sr__stream_read(lua_State *L, sr_socket *s) {
-  if (lua_gettop(L) + 2 > LUA_MINSTACK) /* a value per format, 3 to fail */
-    luaL_checkstack(L, lua_gettop(L) + 2, "too many formats");
+  int top = lua_gettop(L);
+  if (top + 2 > LUA_MINSTACK) /* a value per format, 3 to fail */
+    luaL_checkstack(L, top + 2, "too many formats");
   if (s == NULL) {
     int i, keep;
     size_t count;
-    for (i = 2; i <= lua_gettop(L); i++) sr_check_format(L, i, &count, &keep);
+    for (i = 2; i <= top; i++) sr_check_format(L, i, &count, &keep);
     return sr__fail(L, UV_EBADF);
   }
   return sr_stream_read_from(L, s, 0, 1);
@@ -591,17 +596,13 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
 #define SR_IOV_STACK 16
 
 /* s:write(...) on the stream socket s at arg 1 (NULL when closed), whose
-** arguments are strings already (sr_socket_write). */
-int sr__stream_write(lua_State *L, sr_socket *s) {
+** arguments are strings already, total bytes of them (sr_socket_write). */
+int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   int i, n = lua_gettop(L), nb = n - 1, first = 0, err;
   uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
-  size_t total = 0, len;
+  size_t len;
   ssize_t done;
   sigset_t saved;
-  for (i = 2; i <= n; i++) {
-    luaL_checklstring(L, i, &len);
-    total += len;
-  }
   if (s == NULL) return sr__fail(L, UV_EBADF);
   if (s->writer != NULL) /* refuse before a byte of ours goes out */
     return luaL_error(L, "socket is busy: another task is already writing "
