@@ -504,30 +504,3 @@ describe("the binary's Lua allocator", function()
     ]]))
   end)
 end)
-
-describe("the binary's garbage collector", function()
-  it("runs in generational mode, which a script may switch back", function()
-    assert_prints("generational\tincremental\n", H.run_script([[
-      print(collectgarbage("incremental"), collectgarbage("generational"))
-    ]]))
-  end)
-
-  it("closes the sockets a script dropped in young collections, not only " ..
-     "in full ones", function()
-    assert_prints("true\n", H.run_script([[
-      local sr = require "sockrun"
-      local pid = io.open("/proc/self/stat"):read("n")
-      local function fds()
-        local n, ls = 0, io.popen("ls /proc/" .. pid .. "/fd")
-        for _ in ls:lines() do n = n + 1 end
-        ls:close()
-        return n
-      end
-      local before = fds()
-      for _ = 1, 200 do sr.socket("inet", "stream") end
-      for i = 1, 50000 do local t = { i } end -- garbage: young collections
-      sr.sleep(0.05)                          -- the close callbacks run
-      print(fds() - before < 20)
-    ]]))
-  end)
-end)

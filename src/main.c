@@ -200,13 +200,6 @@ static int sr_collect(int argc, char **argv, sr_args *a, int *interactive,
 static int sr_pmain(lua_State *L) {
   sr_args *a = lua_touserdata(L, 1);
   int failed;
-  /* A server's garbage is mostly young: the strings of each request and
-  ** reply. Lua's generational mode collects those without traversing the
-  ** whole heap each cycle, which the incremental mode does once per
-  ** doubling of the heap: every 64 KiB read made a full cycle about as
-  ** often as a few blocks arrived (bench/README.md). Scripts may switch
-  ** back with collectgarbage("incremental"). */
-  lua_gc(L, LUA_GCGEN, 0, 0);
   luaL_openlibs(L);
   sr_preload(L);
   sr_create_arg(L, a);
