@@ -239,11 +239,13 @@ typedef enum {
 } sr_fmt;
 #define SR_NUMERAL_MAX 200 /* longest "n" numeral, as liolib's */
 int sr__stream_append(sr_socket *s, const char *p, size_t n);
+/* sr__stream_try_read runs in a C function with the upvalues of s:read:
+** the loop, then what sr__stream_push_read_upvalues pushes */
 int sr__stream_push_read_upvalues(lua_State *L);
+int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
+                        int keep);
 void sr__stream_start(sr_socket *s);
 void sr__stream_release(sr_socket *s);
-/* sr__stream_read runs as s:read, whose upvalues 2.. are pushed by
-** sr__stream_push_read_upvalues */
 int sr__stream_read(lua_State *L, sr_socket *s);
 int sr__stream_write(lua_State *L, sr_socket *s, size_t total);
 int sr__stream_flush(sr_socket *s);

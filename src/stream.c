@@ -163,7 +163,8 @@ void sr__stream_release(sr_socket *s) {
 
 /* The format at arg; count and keep as it asks. The API's own calls, not
 ** luaL_check*: this runs for every format of every read. */
-static sr_fmt sr_check_format(lua_State *L, int arg, size_t *count, int *keep) {
+static inline __attribute__((always_inline)) sr_fmt
+sr_check_format(lua_State *L, int arg, size_t *count, int *keep) {
   const char *f;
   *keep = 0;
   switch (lua_type(L, arg)) {
@@ -317,8 +318,8 @@ static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
 ** number of values (1, or 3 for nil, message, code), or return 0 when
 ** more bytes are needed.
 */
-static int sr_stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
-                              size_t count, int keep) {
+int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
+                        size_t count, int keep) {
   int ended = s->eof || s->rerr != 0;
   switch (fmt) {
     case SR_READ_ANY:
@@ -385,7 +386,7 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
     ** and a finalizer may not run the loop: sr__in_finalizer), but a
     ** finalizer run by a push may have closed the socket. */
     if (s->closed) return done + sr__fail(L, UV_EBADF);
-    while ((n = sr_stream_try_read(L, s, fmt, count, keep)) == 0) {
+    while ((n = sr__stream_try_read(L, s, fmt, count, keep)) == 0) {
       if (!fresh && sr__timedout(s->loop))
         return done + sr__fail(L, UV_ETIMEDOUT);
       sr__stream_start(s);
