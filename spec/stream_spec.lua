@@ -57,6 +57,15 @@ for _, kind in ipairs({ "tcp", "unix" }) do
         assert.equal("st", c:read())
       end)
 
+      it("returns every byte value read one at a time, and \"\" for " ..
+         "empty lines and a count of 0", function()
+        local all = {}
+        for b = 0, 255 do all[#all + 1] = string.char(b) end
+        a:write(table.concat(all), "\r\n\n")
+        for b = 0, 255 do assert.equal(string.char(b), c:read(1)) end
+        same(pack("", "", ""), pack(c:read("l", 0, "l")))
+      end)
+
       it("waits for every format, the bytes arriving in pieces", function()
         local t = sr.spawn(function()
           for _, piece in ipairs({ "*", "1", "2\r", "\n$", "3\r\nab", "c\r\n" }) do
