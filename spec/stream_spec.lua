@@ -97,6 +97,14 @@ for _, kind in ipairs({ "tcp", "unix" }) do
         assert.equal("", c:read("l")) -- the LF after the last numeral
       end)
 
+      it("converts long and edge-case numerals as Lua does", function()
+        a:write("0 -0 123456789012345678 9223372036854775807 " ..
+                "123456789012345678901 0X10 1E2 5.\n")
+        same(pack(0, 0, 123456789012345678, math.maxinteger,
+                  123456789012345678901.0, 16, 100.0, 5.0),
+          pack(c:read("n", "n", "n", "n", "n", "n", "n", "n")))
+      end)
+
       it("skips white space before a number, line ends included", function()
         a:write(" \t\r\n 12\r\n\n 34x")
         same(pack(12, 34, "x"), pack(c:read("n", "n", 1)))

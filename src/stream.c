@@ -282,6 +282,28 @@ static int sr_small_integer(const char *p, long len, lua_Integer *v) {
   return 1;
 }
 
+/* The usual numeral in one pass: up to 18 decimal digits, maybe signed,
+** ended by a byte that cannot go on a numeral ("\r" in "$3\r\n"). Its
+** length, with its value in *v; 0 for anything else, which the general
+** scan above then decides. */
+static long sr_decimal_prefix(const char *p, size_t n, lua_Integer *v) {
+  size_t i = (p[0] == '-' || p[0] == '+'), first = i;
+  lua_Integer x = 0;
+  unsigned char c;
+  for (; i < n && i - first < 18; i++) {
+    c = (unsigned char)p[i];
+    if (c < '0' || c > '9') break;
+    x = x * 10 + (c - '0');
+  }
+  if (i == first || i == n) return 0;
+  c = (unsigned char)p[i];
+  if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' ||
+      ((c == 'x' || c == 'X') && i - first == 1 && p[first] == '0'))
+    return 0;
+  *v = p[0] == '-' ? -x : x;
+  return (long)i;
+}
+
 /* Push the numeral p[0..len) converted as Lua converts it; 0 if it is
 ** not one. Apart from the common case so that the copy it needs does not
 ** weigh on every read. */
@@ -303,6 +325,11 @@ static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
   while (ws < s->len && isspace((unsigned char)s->buf[s->off + ws])) ws++;
   if (ws > 0) sr_stream_consume(s, ws);
   if (s->len == 0) return ended ? sr_stream_end(L, s) : 0;
+  if ((len = sr_decimal_prefix(s->buf + s->off, s->len, &v)) > 0) {
+    lua_pushinteger(L, v);
+    sr_stream_consume(s, (size_t)len);
+    return 1;
+  }
   len = sr_numeral_len(s->buf + s->off, s->len, ended);
   if (len < 0 && s->len <= SR_NUMERAL_MAX) return 0; /* more may come */
   if (len > 0 && sr_small_integer(s->buf + s->off, len, &v))
