@@ -269,24 +269,12 @@ static long sr_numeral_len(const char *p, size_t n, int ended) {
   return i == n && !ended ? -1 : (long)i;
 }
 
-/* The usual numeral, a short decimal integer, converted in place. */
-static int sr_small_integer(const char *p, long len, lua_Integer *v) {
-  long i = (p[0] == '-' || p[0] == '+');
-  lua_Integer n = 0;
-  if (len - i < 1 || len - i > 18) return 0;
-  for (; i < len; i++) {
-    if (!isdigit((unsigned char)p[i])) return 0;
-    n = n * 10 + (p[i] - '0');
-  }
-  *v = p[0] == '-' ? -n : n;
-  return 1;
-}
-
 /* The usual numeral in one pass: up to 18 decimal digits, maybe signed,
-** ended by a byte that cannot go on a numeral ("\r" in "$3\r\n"). Its
-** length, with its value in *v; 0 for anything else, which the general
-** scan above then decides. */
-static long sr_decimal_prefix(const char *p, size_t n, lua_Integer *v) {
+** ended by a byte that cannot go on a numeral ("\r" in "$3\r\n") or by
+** the end of the bytes once no more come. Its length, with its value in
+** *v; 0 for anything else, which the general scan above then decides. */
+static long sr_decimal_prefix(const char *p, size_t n, int ended,
+                              lua_Integer *v) {
   size_t i = (p[0] == '-' || p[0] == '+'), first = i;
   lua_Integer x = 0;
   unsigned char c;
@@ -295,11 +283,13 @@ static long sr_decimal_prefix(const char *p, size_t n, lua_Integer *v) {
     if (c < '0' || c > '9') break;
     x = x * 10 + (c - '0');
   }
-  if (i == first || i == n) return 0;
-  c = (unsigned char)p[i];
-  if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' ||
-      ((c == 'x' || c == 'X') && i - first == 1 && p[first] == '0'))
-    return 0;
+  if (i == first || (i == n && !ended)) return 0;
+  if (i < n) {
+    c = (unsigned char)p[i];
+    if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' ||
+        ((c == 'x' || c == 'X') && i - first == 1 && p[first] == '0'))
+      return 0;
+  }
   *v = p[0] == '-' ? -x : x;
   return (long)i;
 }
@@ -325,16 +315,14 @@ static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
   while (ws < s->len && isspace((unsigned char)s->buf[s->off + ws])) ws++;
   if (ws > 0) sr_stream_consume(s, ws);
   if (s->len == 0) return ended ? sr_stream_end(L, s) : 0;
-  if ((len = sr_decimal_prefix(s->buf + s->off, s->len, &v)) > 0) {
+  if ((len = sr_decimal_prefix(s->buf + s->off, s->len, ended, &v)) > 0) {
     lua_pushinteger(L, v);
     sr_stream_consume(s, (size_t)len);
     return 1;
   }
   len = sr_numeral_len(s->buf + s->off, s->len, ended);
   if (len < 0 && s->len <= SR_NUMERAL_MAX) return 0; /* more may come */
-  if (len > 0 && sr_small_integer(s->buf + s->off, len, &v))
-    lua_pushinteger(L, v);
-  else if (!sr_push_numeral(L, s->buf + s->off, len))
+  if (!sr_push_numeral(L, s->buf + s->off, len))
     return sr__fail_msg(L, "not a number", "EPROTO");
   sr_stream_consume(s, (size_t)len);
   return 1;
