@@ -24,6 +24,23 @@ local function on_pair(kind, fn)
 end
 
 
+-- Fill the heap with objects whose finalizer closes `s` while armed, one
+-- at most (as a pool dropping its connections might), and make the
+-- collector run all along (restored after the test); returns once such
+-- finalizers run, a few per step. Returns arm(on) and closed().
+local function finalizers_closing(s)
+  local ran, armed, closed = 0, false, false
+  local closer = { __gc = function()
+    ran = ran + 1
+    if armed and not closed then s:close() closed = true end
+  end }
+  for _ = 1, 20000 do setmetatable({}, closer) end
+  collectgarbage("incremental", 0, 100) -- collect all along
+  H.defer(function() collectgarbage("incremental", 200, 100) end)
+  repeat collectgarbage("step", 0) until ran > 0
+  return function(on) armed = on end, function() return closed end
+end
+
 after_each(H.run_deferred) -- removes the paths of unix pairs
 after_each(H.assert_clean)
 -- A test that failed half-way must not leave its sockets to the next one.
@@ -210,22 +227,13 @@ for _, kind in ipairs({ "tcp", "unix" }) do
         a:write(string.rep(line .. "\n", 16))
         assert.equal(line, c:read("l"))
         sr.sleep(0.05) -- the other fifteen are buffered now
-        local ran, armed, closed = 0, false, false
-        -- a finalizer closing c, as a pool dropping its connections might
-        local closer = { __gc = function()
-          ran = ran + 1
-          if armed and not closed then c:close() closed = true end
-        end }
-        for _ = 1, 20000 do setmetatable({}, closer) end
-        collectgarbage("incremental", 0, 100) -- collect all along
-        H.defer(function() collectgarbage("incremental", 200, 100) end)
-        repeat collectgarbage("step", 0) until ran > 0 -- finalizers now run
-        armed = true                                   -- a few per step
+        local arm, closed = finalizers_closing(c)
+        arm(true)
         local fmts = {}
         for k = 1, 15 do fmts[k] = "l" end
         local got = table.pack(c:read(table.unpack(fmts)))
-        armed = false
-        assert.is_true(closed, "no finalizer ran during the read")
+        arm(false)
+        assert.is_true(closed(), "no finalizer ran during the read")
         local n = got.n
         for k = 1, n - 3 do assert.equal(line, got[k]) end
         H.assert_closed(table.unpack(got, n - 2, n))
@@ -503,21 +511,13 @@ describe("s:write", function()
 
   it("returns EBADF, writing nothing, when a finalizer closes the socket " ..
      "while its numbers become strings", on_pair("tcp", function(c, a)
-    local ran, armed, closed = 0, false, false
-    local closer = { __gc = function()
-      ran = ran + 1
-      if armed and not closed then c:close() closed = true end
-    end }
-    for _ = 1, 20000 do setmetatable({}, closer) end
-    collectgarbage("incremental", 0, 100) -- collect all along
-    H.defer(function() collectgarbage("incremental", 200, 100) end)
-    repeat collectgarbage("step", 0) until ran > 0 -- finalizers now run
+    local arm, closed = finalizers_closing(c)
     local nums = {}
     for k = 1, 2000 do nums[k] = k + 0.5 end -- each one a new string
-    armed = true
+    arm(true)
     local ok, msg, code = c:write(table.unpack(nums))
-    armed = false
-    assert.is_true(closed, "no finalizer ran during the write")
+    arm(false)
+    assert.is_true(closed(), "no finalizer ran during the write")
     H.assert_closed(ok, msg, code)
     a:settimeout(5)
     H.assert_eof(a:read(1))
