@@ -248,6 +248,32 @@ end)
 
 -- ------------------------------------------------------------------------
 
+describe("a datagram received in a stream reader's task", function()
+  it("leaves the bytes the stream has not read yet alone", function()
+    -- The handler is woken by "A\nB\n" and reads it where it landed, the
+    -- loop's read buffer; recvfrom, which returns at once since the
+    -- datagram is there already, must not land on top of "B\n".
+    local u, uport = udp()
+    local sender = udp()
+    H.defer(function() u:close(); sender:close() end)
+    local got
+    local _, port = H.server(function(conn)
+      local a = conn:read("l")
+      local d = u:recvfrom()
+      got = { a, d, conn:read("l") }
+    end)
+    assert(sender:sendto("ZZZZZZZZ\n", "127.0.0.1", uport))
+    local c = H.connect(port)
+    sr.sleep(0.05) -- the handler is waiting in conn:read by now
+    assert(c:write("A\nB\n"))
+    for _ = 1, 200 do
+      if got then break end
+      sr.sleep(0.01)
+    end
+    assert.same({ "A", "ZZZZZZZZ\n", "B" }, got)
+  end)
+end)
+
 describe("connected UDP", function()
   it("connect sets the default peer for write and read",
     H.on_two(udp, function(a, aport, b, bport)

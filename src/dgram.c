@@ -67,6 +67,7 @@ static int sr_dgram_recv_k(lua_State *L, int status, lua_KContext ctx) {
     if (s == NULL) return 3;
     if (!fresh && sr__timedout(s->loop))
       return sr__fail(L, UV_ETIMEDOUT);
+    sr__stream_reclaim(s->loop); /* a stream's reader may be reading it */
     n = recvfrom(s->fd, s->loop->rbuf, sizeof s->loop->rbuf, 0,
                  (struct sockaddr *)&ss, &len);
     if (n >= 0) {

@@ -100,6 +100,7 @@ struct sr_loop {
   sr_task *current;  /* the task running now, NULL outside tasks */
   sr_task main;      /* pseudo-task for blocking calls outside tasks */
   sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
+  sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   sr_task *handlers;     /* running tasks that own a connection */
   char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
   int nspare;
@@ -245,6 +246,7 @@ int sr__stream_push_read_upvalues(lua_State *L);
 int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
                         int keep);
 void sr__stream_start(sr_socket *s);
+void sr__stream_reclaim(sr_loop *lp);
 void sr__stream_release(sr_socket *s);
 int sr__stream_read(lua_State *L, sr_socket *s);
 int sr__stream_write(lua_State *L, sr_socket *s, size_t total);

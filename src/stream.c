@@ -108,6 +108,7 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
     s->off = s->scanned = s->cap = 0;
     s->len = (uint32_t)nread;
     s->borrowed = 1;
+    s->loop->lent = s;
   } else if (nread > 0) {
     if ((err = sr__stream_append(s, buf->base, (size_t)nread)) < 0) {
       s->rerr = err;
@@ -132,8 +133,22 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
   ** amount from the kernel; a reader waiting resumes it. */
   if (s->reader == NULL && s->len >= SR_READ_HIGH_WATER) sr_stream_stop(s);
   if (nread != 0) sr__socket_wake(&s->reader, 0);
+  sr__stream_reclaim(s->loop);
+}
+
+/*
+** The loop's read buffer back from the reader it was lent to, which keeps
+** what it left unread in memory of its own: at the end of the read
+** callback, or before anything else fills the buffer while the reader's
+** task still runs (a datagram received in that task, say).
+*/
+void sr__stream_reclaim(sr_loop *lp) {
+  sr_socket *s = lp->lent;
+  int err;
+  if (s == NULL) return;
+  lp->lent = NULL;
   if (s->borrowed && (err = sr_stream_unborrow(s)) < 0) {
-    s->rerr = err;
+    s->rerr = (int16_t)err;
     sr_stream_stop(s);
   }
 }
