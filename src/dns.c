@@ -77,13 +77,16 @@ static int sr_resolve_k(lua_State *L, int status, lua_KContext ctx) {
   int fresh = (status == LUA_OK);
   for (;;) {
     sr_task *t;
+    /* A wait that timed out gave the request up (sr__dns_detach): the
+    ** lookup may even have ended since, in the same turn of the loop, and
+    ** freed it. So the timeout is looked at first, and r only if not. */
+    if (!fresh && sr__timedout(lp)) return sr__fail(L, UV_ETIMEDOUT);
     if (r->done) {
       int n = sr_dns_push(L, r);
       uv_freeaddrinfo(r->res);
       free(r);
       return n;
     }
-    if (!fresh && sr__timedout(lp)) return sr__fail(L, UV_ETIMEDOUT);
     t = sr__self(L, lp);
     r->task = t;
     t->wait_on = r;
