@@ -134,6 +134,43 @@ describe("task:join", function()
     assert.equal("done", t:status())
   end)
 
+  it("fails with ECANCELED, not a crash, once a script closed the ended task's coroutine",
+    function()
+      -- Lua shows a coroutine that returned values as "suspended", so
+      -- coroutine.close takes them off its stack.
+      local co
+      local t = sr.spawn(function()
+        co = coroutine.running()
+        return 1, 2, 3
+      end)
+      assert.equal("suspended", coroutine.status(co))
+      assert.is_true(coroutine.close(co))
+      H.assert_fail("ECANCELED", t:join())
+    end)
+
+  it("wakes a chain of 20000 tasks, each joined on the one before", function()
+    -- Each task's end wakes the next one's join: not a C call inside a C
+    -- call all the way down, which a 1 MiB stack would not hold.
+    local path = H.tmpfile([[
+      local sr = require "sockrun"
+      local last = sr.spawn(function() sr.sleep(0.01); return 0 end)
+      for _ = 1, 20000 do
+        local prev = last
+        last = sr.spawn(function() return prev:join() + 1 end)
+      end
+      print(last:join())
+    ]], ".lua")
+    local out, code = H.sh(string.format("ulimit -s 1024 && timeout 60 %s %s",
+      H.q(H.sockrun), H.q(path)))
+    assert.equal(0, code)
+    assert.equal("20000\n", out)
+  end)
+
+  it("waits without a deadline for a timeout of math.huge", function()
+    local t = sr.spawn(function() sr.sleep(0.03); return "late" end)
+    assert.equal("late", t:join(math.huge))
+  end)
+
   it("can be called again once the task has ended", function()
     local t = sr.spawn(function() sr.sleep(0.01); return "r" end)
     assert.equal("r", t:join())
@@ -401,6 +438,13 @@ describe("sr.sleep", function()
     assert_raised("bad argument #1", pcall(sr.sleep, -1))
   end)
 
+  it("sleeps until cancelled for math.huge", function()
+    local t = sr.spawn(function() return sr.sleep(math.huge) end)
+    sr.sleep(0.03)
+    assert.equal("waiting", t:status())
+    assert.is_true(t:cancel())
+  end)
+
   it("raises on something that is not a number", function()
     assert_raised("bad argument #1", pcall(sr.sleep, "soon"))
     assert.is_false(pcall(sr.sleep, 0 / 0))
@@ -423,6 +467,50 @@ describe("sr.sleep", function()
     assert.is_true(wait_until(function() return ticks == 3 end))
     t:join()
   end)
+end)
+
+describe("a task's coroutine resumed by the script itself", function()
+  -- The task sleeps; the script resumes its coroutine, whose sleep then
+  -- returns at once, and which sleeps again under the script's resume.
+  local SCRIPT = [[
+    local sr = require "sockrun"
+    local co
+    local t = sr.spawn(function()
+      co = coroutine.running()
+      sr.sleep(0.01)
+      sr.sleep(0.1)
+      return "ran to the end"
+    end)
+    print(coroutine.resume(co))
+    print(t:status(), t:join())
+    print(sr.spawn(function() sr.sleep(0.01); return "others run" end):join())
+  ]]
+  local REST = "\tnil\tcancelled\tECANCELED\nothers run\n"
+
+  it("cancels the task, which sockrun then leaves alone, in a host application",
+    function()
+      -- At a host's top level the coroutine may drive the loop itself, and
+      -- the task's own timer fires meanwhile, its coroutine running.
+      local path = H.tmpfile(SCRIPT, ".lua")
+      local errpath = H.tmpfile("")
+      local out, code = H.sh(string.format("timeout 20 %s %s 2>%s",
+        H.q(H.interpreter()), H.q(path), H.q(errpath)))
+      local err = H.slurp(errpath)
+      assert.equal(0, code, err)
+      assert.equal("true\tran to the end\ncancelled" .. REST, out)
+      assert.matches("resumed or closed outside sockrun", err)
+    end)
+
+  it("cancels the task when the coroutine died under the script's resume",
+    function()
+      -- The binary runs the main chunk as a task: the coroutine cannot
+      -- block there and dies with that error.
+      local out, err, code = H.run_script(SCRIPT)
+      assert.equal(0, code, err)
+      assert.matches("^false\t[^\n]*cannot block outside a sockrun task", out)
+      assert.matches("\nwaiting" .. REST .. "$", out)
+      assert.matches("resumed or closed outside sockrun", err)
+    end)
 end)
 
 describe("coroutine.yield inside a task", function()

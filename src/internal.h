@@ -91,6 +91,7 @@ struct sr_task {
   unsigned char waits_on;     /* an sr_wait_kind */
   unsigned char woken;        /* pseudo-task: the wait has ended */
   unsigned char has_deadline; /* deadline bounds the operation */
+  unsigned char deferred;     /* woken, to be resumed from its timer */
 };
 
 struct sr_loop {
@@ -105,6 +106,7 @@ struct sr_loop {
   char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
   int nspare;
   int running;       /* > 0 while inside uv_run */
+  int depth;         /* tasks being resumed, one inside the other */
   int stopped;       /* sr.stop() was called */
   int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
   int onerror_ref;   /* sr.onerror hook, or LUA_NOREF */

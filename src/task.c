@@ -23,9 +23,27 @@
 
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 
+/* Waits this long or longer (in ms) have no deadline: 2^62, so that the
+** deadline, loop time added, still fits a uint64_t. */
+#define SR_FOREVER_MS 4611686018427387904.0
+
+/* Wakes nested deeper than this (a task's end waking its joiner, whose end
+** wakes its own, and so on down a chain) are resumed from the woken task's
+** timer instead, so that such a chain cannot overflow the C stack. */
+#define SR_WAKE_DEPTH 32
+
+static void sr_task_continue(sr_task *t);
+
 static void sr_task_timer_cb(uv_timer_t *timer) {
   sr_task *t = timer->data;
-  if (t != NULL) sr__wake(t, UV_ETIMEDOUT);
+  if (t == NULL) return;
+  if (t->deferred) { /* woken already (sr__wake) */
+    t->deferred = 0;
+    t->state = SR_TASK_RUNNING;
+    sr_task_continue(t);
+  } else {
+    sr__wake(t, UV_ETIMEDOUT);
+  }
 }
 
 /* Start the task's timer; its memory is allocated on first use only, so a
@@ -60,6 +78,7 @@ static void sr_task_detach(sr_task *t) {
   }
   t->waits_on = SR_WAIT_NONE;
   t->wait_on = NULL;
+  t->deferred = 0;
   if (t->timer != NULL) uv_timer_stop(t->timer);
 }
 
@@ -109,9 +128,11 @@ int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
              lua_KContext ctx, lua_KFunction k) {
   sr_loop *lp = t->loop;
   if (fresh) {
-    t->has_deadline = timeout >= 0;
-    if (t->has_deadline)
-      t->deadline = uv_now(&lp->uv) + (uint64_t)(timeout * 1000.0 + 0.5);
+    /* A timeout beyond what a uint64_t of milliseconds holds (math.huge,
+    ** say) is none: the wait lasts until woken. */
+    double ms = timeout * 1000.0 + 0.5;
+    t->has_deadline = timeout >= 0 && ms < SR_FOREVER_MS;
+    if (t->has_deadline) t->deadline = uv_now(&lp->uv) + (uint64_t)ms;
   }
   t->wake = 0;
   if (t->has_deadline) {
@@ -139,18 +160,25 @@ int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
 /* End t's wait: status 0, or why (UV_ETIMEDOUT...). Exactly once per wait:
 ** a task no longer waiting is left alone. */
 void sr__wake(sr_task *t, int status) {
-  if (t->state != SR_TASK_WAITING || t->loop->L == NULL) return;
+  sr_loop *lp = t->loop;
+  if (t->state != SR_TASK_WAITING || t->deferred || lp->L == NULL) return;
   sr_task_detach(t);
   t->wake = status;
-  t->state = SR_TASK_RUNNING;
   if (t->co == NULL) {
     /* The loop is being driven for this wait: make this uv_run return.
     ** libuv runs due timers before it polls, so a wake from one of them
     ** would otherwise still block in the poll that follows. */
+    t->state = SR_TASK_RUNNING;
     t->woken = 1;
-    uv_stop(&t->loop->uv);
-  } else
-    sr_task_resume(t, NULL, 0);
+    uv_stop(&lp->uv);
+    return;
+  }
+  if (lp->depth >= SR_WAKE_DEPTH && sr_task_arm(t, 0) == 0) {
+    t->deferred = 1; /* still waiting, for its timer */
+    return;
+  }
+  t->state = SR_TASK_RUNNING;
+  sr_task_continue(t);
 }
 
 /* A handler's end: off the loop's list, and its connection closed (after
@@ -263,6 +291,7 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
   sr_task *prev = lp->current;
   int nres, st;
   lp->current = t;
+  lp->depth++; /* until the end: finishing t wakes its joiners */
   st = lua_resume(t->co, from, nargs, &nres);
   lp->current = prev;
   if (st == LUA_YIELD) {
@@ -287,6 +316,29 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
   ** could, so what it (or its sr.onerror hook) gathered for writing
   ** leaves now (stream.c), one write per socket. Last, because a failed
   ** flush wakes the socket's writer, which may be any task. */
+  if (lp->dirty != NULL) sr__loop_flush(lp);
+  lp->depth--;
+}
+
+/*
+** Resume a task whose wait has ended. Its coroutine must still be
+** suspended in that wait: one that a script resumed or closed itself
+** (coroutine.resume or coroutine.close on the coroutine a task runs in) is
+** no longer sockrun's to resume or reset, so the task only ends, as
+** cancelled, closing what it owns.
+*/
+static void sr_task_continue(sr_task *t) {
+  sr_loop *lp = t->loop;
+  if (lua_status(t->co) == LUA_YIELD) {
+    sr_task_resume(t, NULL, 0);
+    return;
+  }
+  fprintf(stderr,
+          "sockrun: a task's coroutine was resumed or closed outside "
+          "sockrun; the task is cancelled\n");
+  t->state = SR_TASK_CANCELLED;
+  t->nres = 0;
+  sr_task_finish(t);
   if (lp->dirty != NULL) sr__loop_flush(lp);
 }
 
@@ -394,6 +446,13 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
     switch (target->state) {
       case SR_TASK_DONE:
         base = lua_gettop(target->co) - target->nres;
+        /* A finished coroutine holding results looks suspended to the
+        ** coroutine library: a script's coroutine.close (or resume) of it
+        ** can take them away. */
+        if (base < 0)
+          return sr__fail_msg(L, "the task's results are gone (its "
+                                 "coroutine was closed or resumed)",
+                              "ECANCELED");
         luaL_checkstack(L, target->nres, "too many results");
         for (i = 1; i <= target->nres; i++) {
           lua_pushvalue(target->co, base + i);
