@@ -209,6 +209,65 @@ describe("unix stream sockets with the raw calls", function()
     assert.is_false(exists(path))
   end)
 
+  -- A listener that accepts nothing, with its backlog full: connects to it
+  -- get EAGAIN from the kernel (a non-blocking unix connect does not wait).
+  -- libuv takes one connection off the backlog as soon as the loop runs
+  -- (and no more until it is accepted), so the backlog is filled, the loop
+  -- run, and the backlog filled again. Returns the listener, its path and
+  -- a function that closes them all.
+  local function full_unix_listener()
+    local path = H.tmppath()
+    local l = assert(sr.socket("unix", "stream"))
+    assert(l:bind(path))
+    assert(l:listen(0))
+    local fillers = {}
+    local function close_all()
+      for _, c in ipairs(fillers) do c:close() end
+      l:close()
+    end
+    local function fill()
+      for _ = 1, 16 do
+        local c = assert(sr.socket("unix", "stream"))
+        fillers[#fillers + 1] = c
+        c:settimeout(0)
+        if not c:connect(path) then return end
+      end
+      error("the backlog never filled")
+    end
+    fill()
+    sr.sleep(0.02)
+    fill()
+    return l, path, close_all
+  end
+
+  it("connect to a full backlog waits, and connects once there is room",
+    function()
+      local l, path, close_all = full_unix_listener()
+      local accepted = sr.spawn(function()
+        sr.sleep(0.05)
+        return assert(l:accept()) -- makes room
+      end)
+      local c = assert(sr.socket("unix", "stream"))
+      c:settimeout(5)
+      local t0 = sr.now()
+      assert.is_true(c:connect(path))
+      assert.is_true(sr.now() - t0 >= 0.04)
+      accepted:join():close()
+      c:close()
+      close_all()
+    end)
+
+  it("connect to a backlog that stays full ends with ETIMEDOUT", function()
+    local _, path, close_all = full_unix_listener()
+    local c = assert(sr.socket("unix", "stream"))
+    c:settimeout(0.1)
+    local t0 = sr.now()
+    H.assert_timeout(c:connect(path))
+    assert.is_true(sr.now() - t0 >= 0.09)
+    c:close()
+    close_all()
+  end)
+
   it("accept returns the peer's path when the client is bound", function()
     local path, cpath = H.tmppath("srv"), H.tmppath("cli")
     local l = assert(sr.socket("unix", "stream"))

@@ -163,10 +163,11 @@ void sr__socket_detach(sr_task *t) {
 }
 
 /* Make the running context wait on s in the given slot (reader/writer),
-** bounded by the socket's timeout of that kind. One task per slot: a
+** for at most timeout seconds (< 0: no bound). One task per slot: a
 ** second reader would get bytes meant for the first, so it is refused. */
-int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
-                    int fresh, lua_KContext ctx, lua_KFunction k) {
+static int sr_socket_wait_for(lua_State *L, sr_socket *s, sr_task **slot,
+                              double timeout, int fresh, lua_KContext ctx,
+                              lua_KFunction k) {
   sr_task *t = sr__self(L, s->loop);
   if (*slot != NULL && *slot != t)
     luaL_error(L, "socket is busy: another task is already %s on it",
@@ -175,7 +176,14 @@ int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
   t->wait_on = s;
   t->waits_on = SR_WAIT_SOCKET;
   sr__socket_update_ref(s);
-  return sr__wait(L, t, sr_socket_timeout(s, which), fresh, ctx, k);
+  return sr__wait(L, t, timeout, fresh, ctx, k);
+}
+
+/* The same, bounded by the socket's timeout of that kind. */
+int sr__socket_wait(lua_State *L, sr_socket *s, sr_task **slot, int which,
+                    int fresh, lua_KContext ctx, lua_KFunction k) {
+  return sr_socket_wait_for(L, s, slot, sr_socket_timeout(s, which), fresh,
+                            ctx, k);
 }
 
 void sr__socket_wake(sr_task **slot, int status) {
@@ -535,9 +543,11 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
     if (s->accept_status > 0) {
       struct sockaddr_storage ss;
       int err, len = sizeof ss;
-      s->accept_status = 0;
+      /* Out of memory, the connection stays pending for the next accept:
+      ** libuv takes no more connections until this one is accepted. */
       c = sr__new_socket(L, s->loop, s->kind, s->family);
       if (c == NULL) return sr__fail(L, UV_ENOMEM);
+      s->accept_status = 0;
       err = uv_accept(&s->h.stream, &c->h.stream);
       if (err < 0) {
         *sr__socket_slot(L, -1) = NULL;
@@ -553,9 +563,7 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
       }
       return 1 + sr__push_addr(L, (struct sockaddr *)&ss, (socklen_t)len);
     }
-    if (!fresh &&
-        sr__timedout(s->loop))
-      return sr__fail(L, UV_ETIMEDOUT);
+    if (!fresh && sr__timedout(s->loop)) return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_socket_accept_k);
     fresh = 0;
   }
@@ -593,8 +601,44 @@ static int sr_socket_connect_k(lua_State *L, int status, lua_KContext ctx) {
   }
 }
 
+/*
+** connect(path) on a unix stream socket. A listener whose backlog is full
+** refuses a non-blocking connect at once (EAGAIN), and nothing tells when
+** it has room again, so connect tries again: 1 ms later, then twice as
+** long each time up to 64 ms, until the connect timeout. It thus waits,
+** as a TCP connect to a full backlog does. ctx holds the deadline (loop
+** time in ms, plus 1; 0 for none) above 7 bits of the next delay in ms.
+*/
+#define SR_PIPE_RETRY_MAX_MS 64
+
+static int sr_pipe_connect_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  for (;;) {
+    sr_socket *s = sr__check_socket(L, 1);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    uint64_t end = (uint64_t)ctx >> 7, delay = (uint64_t)ctx & 127, now;
+    if (s == NULL) return 3;
+    len = sr_check_sockaddr(L, s, 2, &ss);
+    if (connect(s->fd, (struct sockaddr *)&ss, len) == 0) {
+      s->connected = 1;
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    if (errno != EAGAIN) return sr__fail(L, -errno);
+    now = uv_now(&s->loop->uv);
+    if (end != 0 && now + 1 >= end) return sr__fail(L, UV_ETIMEDOUT);
+    ctx = (lua_KContext)(end << 7 | (delay * 2 < SR_PIPE_RETRY_MAX_MS
+                                         ? delay * 2
+                                         : SR_PIPE_RETRY_MAX_MS));
+    if (end != 0 && end - 1 - now < delay) delay = end - 1 - now;
+    sr_socket_wait_for(L, s, &s->writer, (double)delay / 1000.0, 1, ctx,
+                       sr_pipe_connect_k);
+  }
+}
+
 /* connect(host, port) with a numeric host (the Lua side resolves names),
-** or connect(path). Unix and datagram connects complete at once. */
+** or connect(path). Datagram connects complete at once. */
 static int sr_socket_connect(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
   struct sockaddr_storage ss;
@@ -608,7 +652,12 @@ static int sr_socket_connect(lua_State *L) {
   ** calling connect again waits for that one, with a fresh timeout. */
   if (s->connect_status != 0) return sr_socket_connect_k(L, LUA_OK, 0);
   if (s->listening) return sr__fail(L, UV_EINVAL);
-  if (s->kind != SR_TCP) { /* unix and datagram: immediate */
+  if (s->kind == SR_PIPE) {
+    uint32_t t = s->timeout_ms[SR_TCONNECT];
+    uint64_t end = t == SR_NO_TIMEOUT ? 0 : uv_now(&s->loop->uv) + t + 1;
+    return sr_pipe_connect_k(L, LUA_OK, (lua_KContext)(end << 7 | 1));
+  }
+  if (s->kind != SR_TCP) { /* datagram: immediate */
     if (connect(s->fd, (struct sockaddr *)&ss, len) < 0)
       return sr__fail(L, -errno);
     s->connected = 1;
