@@ -501,6 +501,36 @@ describe("a task's coroutine resumed by the script itself", function()
       assert.matches("resumed or closed outside sockrun", err)
     end)
 
+  it("cancels a task whose coroutine a script closed while it read, once its socket is collected",
+    function()
+      -- The closed coroutine's stack held the only reference to the
+      -- socket: collected, it must first take the waiting task off it
+      -- (the task's read timeout would find it there later).
+      local out, err, code = H.run_script([[
+        local sr = require "sockrun"
+        local srv = assert(sr.listen("127.0.0.1", 0, function(c) c:read("a") end))
+        local _, port = srv:getsockname()
+        local co
+        local t = sr.spawn(function()
+          co = coroutine.running()
+          local s = assert(sr.connect("127.0.0.1", port))
+          s:settimeout(0.3)
+          return s:read()
+        end)
+        sr.sleep(0.05) -- connected, and reading
+        print(t:status(), coroutine.close(co))
+        co = nil
+        collectgarbage()
+        collectgarbage()
+        sr.sleep(0.5)
+        print(t:status())
+        srv:close()
+      ]])
+      assert.equal(0, code, err)
+      assert.equal("waiting\ttrue\ncancelled\n", out)
+      assert.matches("resumed or closed outside sockrun", err)
+    end)
+
   it("cancels the task when the coroutine died under the script's resume",
     function()
       -- The binary runs the main chunk as a task: the coroutine cannot

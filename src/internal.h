@@ -211,6 +211,7 @@ sr_task *sr__self(lua_State *L, sr_loop *lp);
 int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
              lua_KContext ctx, lua_KFunction k);
 void sr__wake(sr_task *t, int status);
+void sr__wake_later(sr_task *t, int status);
 int sr__timedout(sr_loop *lp);
 void sr__task_open(lua_State *L, sr_loop *lp);
 int sr__spawn(lua_State *L);

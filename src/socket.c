@@ -319,17 +319,27 @@ void sr__socket_close_slot(sr_socket **slot) {
   sr__socket_close(s);
 }
 
-/* A socket a task waits on is reachable from that task, so a finalized
-** socket with a waiter means the whole state is closing (lua_close): then
-** nobody is woken (no coroutine may run now), only the handle is closed. */
+/*
+** A socket a task waits on is reachable from that task's coroutine, so a
+** finalized socket with a waiter means that the whole state is closing
+** (lua_close: nobody is woken, no coroutine may run now, the loop's
+** teardown closes the handle), or that a script closed the waiting task's
+** coroutine (coroutine.close), which was all that held the socket. Then
+** the waiter is taken off the socket now, before its memory can go, and
+** woken from its timer, where it finds its coroutine gone (task.c).
+*/
 static int sr_socket_gc(lua_State *L) {
   sr_socket **ud = sr__socket_slot(L, 1);
   if (*ud != NULL) {
     sr_socket *s = *ud;
     *ud = NULL;
-    s->reader = s->writer = NULL;
-    if (s->loop->L != NULL) sr__socket_close(s);
-    /* else the loop's teardown closes the handle */
+    if (s->loop->L == NULL) {
+      s->reader = s->writer = NULL;
+      return 0;
+    }
+    if (s->reader != NULL) sr__wake_later(s->reader, UV_EBADF);
+    if (s->writer != NULL) sr__wake_later(s->writer, UV_EBADF);
+    sr__socket_close(s);
   }
   return 0;
 }

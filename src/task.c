@@ -159,7 +159,7 @@ int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
 
 /* End t's wait: status 0, or why (UV_ETIMEDOUT...). Exactly once per wait:
 ** a task no longer waiting is left alone. */
-void sr__wake(sr_task *t, int status) {
+static void sr_task_wake(sr_task *t, int status, int later) {
   sr_loop *lp = t->loop;
   if (t->state != SR_TASK_WAITING || t->deferred || lp->L == NULL) return;
   sr_task_detach(t);
@@ -173,13 +173,19 @@ void sr__wake(sr_task *t, int status) {
     uv_stop(&lp->uv);
     return;
   }
-  if (lp->depth >= SR_WAKE_DEPTH && sr_task_arm(t, 0) == 0) {
+  if ((later || lp->depth >= SR_WAKE_DEPTH) && sr_task_arm(t, 0) == 0) {
     t->deferred = 1; /* still waiting, for its timer */
     return;
   }
   t->state = SR_TASK_RUNNING;
   sr_task_continue(t);
 }
+
+void sr__wake(sr_task *t, int status) { sr_task_wake(t, status, 0); }
+
+/* The same, but t resumes from its timer, in a turn of the loop of its
+** own: for a wake from where no coroutine may be resumed (a finalizer). */
+void sr__wake_later(sr_task *t, int status) { sr_task_wake(t, status, 1); }
 
 /* A handler's end: off the loop's list, and its connection closed (after
 ** its own to-be-closed variables ran, as a <close> around it would). */
