@@ -163,7 +163,7 @@ describe("s:setsockopt and s:getsockopt", function()
     end)
   end
 
-  for _, opt in ipairs({ { "keepalive", 30 }, { "linger", 5 } }) do
+  for _, opt in ipairs({ { "keepalive", 30 }, { "linger", 0 } }) do
     local name, seconds = opt[1], opt[2]
     it("sets " .. name .. " to a number of seconds and reads it back",
       function()
@@ -225,6 +225,32 @@ describe("s:setsockopt and s:getsockopt", function()
     H.raises(function() return s:getsockopt("bogus") end,
       "bad argument #1 to 'getsockopt'", "unknown option")
   end)
+
+  it("raises for a value a C int cannot hold, not truncating it", function()
+    H.raises(function() return s:setsockopt("rcvbuf", 2 ^ 32 + 4096) end,
+      "bad argument #2 to 'setsockopt'", "out of range")
+    H.raises(function()
+      return s:setsockopt(math.tointeger(2 ^ 32) + sr.SOL_SOCKET, sr.SO_REUSEADDR, 1)
+    end, "bad argument #1 to 'setsockopt'", "out of range")
+    H.raises(function()
+      return s:setsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR, math.tointeger(2 ^ 32) + 1)
+    end, "bad argument #3 to 'setsockopt'", "out of range")
+  end)
+
+  for _, case in ipairs({
+    -- Linux takes TCP_KEEPIDLE up to 32767 s; a linger time would make
+    -- close wait it out on the loop's thread
+    { "keepalive", 40000, "32767", "an idle time Linux does not take" },
+    { "linger", 5, "linger must be false or 0", "a time other than 0" },
+  }) do
+    local name, value, says, what = table.unpack(case)
+    it("raises for " .. name .. " with " .. what .. ", leaving it off",
+      function()
+        H.raises(function() return s:setsockopt(name, value) end,
+          "bad argument #2 to 'setsockopt'", says)
+        assert.is_false(s:getsockopt(name))
+      end)
+  end
 
   it("raises for a value of the wrong type", function()
     for _, bad in ipairs({ { "nodelay", 1 }, { "reuseaddr", "yes" },
@@ -358,15 +384,18 @@ describe("s:listen", function()
       tostring(s))
   end))
 
-  it("takes a backlog", on_socket(function(s)
-    assert(s:bind("127.0.0.1", 0))
-    assert.is_true(s:listen(8))
-    local _, port = s:getsockname()
-    local c = assert(sr.connect("127.0.0.1", port))
-    local a = assert(s:accept())
-    a:close()
-    c:close()
-  end))
+  -- 2^40: beyond a C int, taken as the largest backlog (the kernel caps it)
+  for _, backlog in ipairs({ 8, 2 ^ 40 }) do
+    it("takes a backlog of " .. backlog, on_socket(function(s)
+      assert(s:bind("127.0.0.1", 0))
+      assert.is_true(s:listen(backlog))
+      local _, port = s:getsockname()
+      local c = assert(sr.connect("127.0.0.1", port))
+      local a = assert(s:accept())
+      a:close()
+      c:close()
+    end))
+  end
 
   it("raises for a negative backlog", on_socket(function(s)
     assert(s:bind("127.0.0.1", 0))

@@ -382,19 +382,29 @@ static int sr_sockopt_result(lua_State *L, int r) {
   return 1;
 }
 
+/* An int argument, refused (not truncated) when a C int cannot hold it. */
+static int sr_check_int(lua_State *L, int arg) {
+  lua_Integer n = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, n >= INT_MIN && n <= INT_MAX, arg, "out of range of a C int");
+  return (int)n;
+}
+
 /* An int value: booleans count as 1/0, as in C's setsockopt(..., &one). */
 static int sr_check_optint(lua_State *L, int arg) {
   if (lua_isboolean(L, arg)) return lua_toboolean(L, arg);
-  return (int)luaL_checkinteger(L, arg);
+  return sr_check_int(L, arg);
 }
+
+/* Linux takes TCP_KEEPIDLE up to this many seconds. */
+#define SR_KEEPIDLE_MAX 32767
 
 static int sr_socket_setsockopt(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
   const sr_opt *o;
   int v;
   if (lua_type(L, 2) == LUA_TNUMBER) { /* raw: level, optname, value */
-    int level = (int)luaL_checkinteger(L, 2);
-    int optname = (int)luaL_checkinteger(L, 3);
+    int level = sr_check_int(L, 2);
+    int optname = sr_check_int(L, 3);
     v = sr_check_optint(L, 4);
     if (s == NULL) return 3;
     return sr_sockopt_result(L,
@@ -409,7 +419,7 @@ static int sr_socket_setsockopt(lua_State *L) {
       return sr_sockopt_result(
           L, setsockopt(s->fd, o->level, o->optname, &v, sizeof v));
     case SR_OPT_INT:
-      v = (int)luaL_checkinteger(L, 3);
+      v = sr_check_int(L, 3);
       luaL_argcheck(L, v > 0, 3, "size must be positive");
       return sr_sockopt_result(
           L, setsockopt(s->fd, o->level, o->optname, &v, sizeof v));
@@ -419,15 +429,23 @@ static int sr_socket_setsockopt(lua_State *L) {
       lua_Integer sec = 0;
       if (on) {
         sec = luaL_checkinteger(L, 3);
-        luaL_argcheck(L, sec >= 0 && sec <= INT_MAX, 3, "seconds must be >= 0");
+        luaL_argcheck(L, sec >= 0, 3, "seconds must be >= 0");
       }
       if (o->optname == SO_LINGER) {
+        /* Linux's close waits out a linger time even on a non-blocking
+        ** socket, which would stop the loop; sockrun's close flushes
+        ** what is queued without it. */
+        luaL_argcheck(L, sec == 0, 3,
+                      "linger must be false or 0 (a longer linger would "
+                      "block the loop in close)");
         struct linger lg;
         lg.l_onoff = on;
         lg.l_linger = (int)sec;
         return sr_sockopt_result(
             L, setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
       }
+      luaL_argcheck(L, sec <= SR_KEEPIDLE_MAX, 3,
+                    "keepalive idle time must be at most 32767 seconds");
       v = on;
       if (setsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof v) < 0)
         return sr__fail(L, -errno);
@@ -529,8 +547,11 @@ static int sr_socket_listen(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
   int backlog, err;
   if (s == NULL) return 3;
-  backlog = (int)luaL_optinteger(L, 2, INT_MAX); /* kernel caps: somaxconn */
-  luaL_argcheck(L, backlog >= 0, 2, "backlog must be >= 0");
+  {
+    lua_Integer n = luaL_optinteger(L, 2, INT_MAX);
+    luaL_argcheck(L, n >= 0, 2, "backlog must be >= 0");
+    backlog = n < INT_MAX ? (int)n : INT_MAX; /* the kernel caps: somaxconn */
+  }
   if (s->kind == SR_DGRAM) return sr__fail(L, UV_ENOTSUP);
   err = uv_listen(&s->h.stream, backlog, sr_socket_connection_cb);
   if (err < 0) return sr__fail(L, err);
