@@ -8,6 +8,7 @@
 */
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -625,13 +626,29 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
 }
 
 #define SR_IOV_STACK 16
+/* A uv_buf_t holds an unsigned int length: longer strings go out in pieces
+** of this size. */
+#define SR_BUF_PIECE ((size_t)1 << 30)
+
+/* The buffers s:write's arguments 2..top take: one each, unless total says
+** that one of them may be longer than a piece. */
+static size_t sr_stream_nbufs(lua_State *L, int top, size_t total) {
+  size_t n = 0, len;
+  int i;
+  if (total <= SR_BUF_PIECE) return (size_t)(top - 1);
+  for (i = 2; i <= top; i++) {
+    lua_tolstring(L, i, &len);
+    n += len == 0 ? 1 : (len + SR_BUF_PIECE - 1) / SR_BUF_PIECE;
+  }
+  return n;
+}
 
 /* s:write(...) on the stream socket s at arg 1 (NULL when closed), whose
 ** arguments are strings already, total bytes of them (sr_socket_write). */
 int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   int i, n = lua_gettop(L), nb = n - 1, first = 0, err;
   uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
-  size_t len;
+  size_t len, nbufs, k;
   ssize_t done;
   sigset_t saved;
   if (s == NULL) return sr__fail(L, UV_EBADF);
@@ -657,18 +674,25 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   }
   /* otherwise what was gathered goes first, then this, straight away */
   if ((err = sr__stream_flush(s)) < 0) return sr__fail(L, err);
-  total = 0;
-  if (nb > SR_IOV_STACK) { /* uv_write copies the array: free it after */
-    bufs = malloc(sizeof(uv_buf_t) * (size_t)nb);
+  nbufs = sr_stream_nbufs(L, n, total);
+  if (nbufs > INT_MAX) return sr__fail(L, UV_E2BIG);
+  if (nbufs > SR_IOV_STACK) { /* uv_write copies the array: free it after */
+    bufs = malloc(sizeof(uv_buf_t) * nbufs);
     if (bufs == NULL) return sr__fail(L, UV_ENOMEM);
   }
-  for (i = 0; i < nb; i++) {
+  total = 0;
+  for (i = 0, k = 0; i < nb; i++) {
     const char *p = lua_tolstring(L, i + 2, &len);
-    bufs[i] = uv_buf_init((char *)p, (unsigned)len);
     total += len;
+    do {
+      size_t piece = len < SR_BUF_PIECE ? len : SR_BUF_PIECE;
+      bufs[k++] = uv_buf_init((char *)p, (unsigned)piece);
+      p += piece;
+      len -= piece;
+    } while (len > 0);
   }
   sr__sigpipe_block(s->loop, &saved);
-  done = uv_try_write(&s->h.stream, bufs, (unsigned)nb);
+  done = uv_try_write(&s->h.stream, bufs, (unsigned)nbufs);
   sr__sigpipe_restore(s->loop, &saved);
   if (done == UV_EAGAIN || done == UV_ENOSYS) done = 0;
   err = done < 0 ? (int)done : 0;
@@ -677,7 +701,10 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
     while ((size_t)done >= bufs[first].len) done -= bufs[first++].len;
     bufs[first].base += done;
     bufs[first].len -= (size_t)done;
-    err = sr_stream_queue(L, s, bufs + first, nb - first, first + 2);
+    /* the strings from the first one not sent are anchored; with pieces,
+    ** bufs and arguments do not line up: all of them are */
+    err = sr_stream_queue(L, s, bufs + first, (int)nbufs - first,
+                          nbufs == (size_t)nb ? first + 2 : 2);
   }
   if (bufs != stackbufs) free(bufs);
   if (err < 0) {
