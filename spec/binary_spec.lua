@@ -446,6 +446,84 @@ describe("sockrun -w N", function()
       os.remove(path)
     end)
 
+  -- Start `sockrun -w 2 script port` in a process group of its own (so a
+  -- test can signal the group as a terminal would); returns its pid and the
+  -- popen handle, once both workers listen.
+  local function start_workers(src, port)
+    local path = H.tmpfile(src, ".lua")
+    local p = io.popen(string.format(
+      "exec setsid sh -c 'echo $$; exec %s -w 2 %s %d'", H.sockrun, path,
+      port))
+    local pid = assert(tonumber(p:read("l")))
+    H.defer(function() os.execute("kill -KILL " .. pid .. " 2>/dev/null") end)
+    assert.matches("^listening$", p:read("l"))
+    assert.matches("^listening$", p:read("l"))
+    return pid, p
+  end
+
+  local function workers_of(pid)
+    local list = {}
+    local kids = H.slurp(("/proc/%d/task/%d/children"):format(pid, pid)) or ""
+    for w in kids:gmatch("%d+") do list[#list + 1] = tonumber(w) end
+    return list
+  end
+
+  local function gone(pid)
+    local f = io.open("/proc/" .. pid .. "/stat")
+    local st = f and f:read("a"):match("^%d+ %b() (%a)")
+    if f then f:close() end
+    return not st or st == "Z"
+  end
+
+  local function wait_gone(pid)
+    for _ = 1, 200 do -- bounded: 10 s
+      if gone(pid) then return true end
+      os.execute("sleep 0.05")
+    end
+    return gone(pid)
+  end
+
+  -- A handler still at work when the signal comes: drained, it answers.
+  local SLOW = [[
+    local sr = require "sockrun"
+    io.stdout:setvbuf("line")
+    assert(sr.listen("127.0.0.1", tonumber(arg[1]), function(c)
+      c:read("l")
+      sr.sleep(0.5)
+      c:write("drained\n")
+    end))
+    print("listening")
+  ]]
+
+  it("drains on a SIGINT sent to its whole process group, as a terminal's Ctrl-C is",
+    function()
+      -- Each worker must get the signal once, from the parent: a second
+      -- one means "exit at once".
+      local port = H.free_port("tcp")
+      local pid, p = start_workers(SLOW, port)
+      local c = assert(sr.connect("127.0.0.1", port))
+      c:settimeout(10)
+      assert(c:write("go\n"))
+      sr.sleep(0.1) -- the handler is in its sleep
+      os.execute("kill -INT -" .. pid) -- the group (dash: no "--")
+      assert.equal("drained", c:read("l"))
+      c:close()
+      assert.is_true(wait_gone(pid))
+      local ok, _, code = p:close()
+      assert.is_true(ok)
+      assert.equal(0, code)
+    end)
+
+  it("leaves no worker serving when the parent is killed", function()
+    local port = H.free_port("tcp")
+    local pid, p = start_workers(SLOW, port)
+    local workers = workers_of(pid)
+    assert.equal(2, #workers)
+    os.execute("kill -KILL " .. pid)
+    p:close()
+    for _, w in ipairs(workers) do assert.is_true(wait_gone(w)) end
+  end)
+
   it("refuses a worker count that is not a positive integer", function()
     for _, n in ipairs({ "0", "-1", "x", "1.5" }) do
       local out, err, code = H.run("-w " .. n .. " x.lua")

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -283,10 +284,16 @@ static void sr_raise_nofile(void) {
 ** SO_REUSEPORT in them, so the kernel spreads connections over them. The
 ** parent runs no Lua: it waits, passes SIGINT/SIGTERM on (each worker then
 ** drains its servers), and exits when all have: 0 if all exited 0.
-** Returns -1 in a worker, which goes on to run the script.
+** Each worker gets exactly one of each signal the parent passes on: it has
+** a process group of its own, so a terminal's Ctrl-C (sent to the
+** foreground group) reaches the parent only, and a worker that got it
+** twice would take the second for "exit at once". A parent that dies any
+** other way (SIGHUP, SIGKILL) sends its workers SIGTERM (PR_SET_PDEATHSIG),
+** so none is left serving. Returns -1 in a worker, which goes on to run
+** the script.
 */
 static int sr_run_workers(sr_args *a) {
-  pid_t *pids = calloc((size_t)a->workers, sizeof *pids);
+  pid_t *pids = calloc((size_t)a->workers, sizeof *pids), parent = getpid();
   sigset_t set, old;
   int i, live = 0, status = 0;
   if (pids == NULL) return 1;
@@ -295,15 +302,21 @@ static int sr_run_workers(sr_args *a) {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGCHLD);
   sigprocmask(SIG_BLOCK, &set, &old); /* taken with sigwaitinfo below */
+  signal(SIGCHLD, SIG_DFL); /* ignored, exited workers would go unseen */
   fflush(NULL);
   for (i = 0; i < a->workers; i++) {
     pid_t p = fork();
     if (p < 0) {
+      int j;
       perror("sockrun: fork");
       status = 1;
+      for (j = 0; j < i; j++) kill(pids[j], SIGTERM); /* they drain */
       break;
     }
     if (p == 0) {
+      setpgid(0, 0);
+      if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
+        _exit(1); /* the parent is gone already */
       sigprocmask(SIG_SETMASK, &old, NULL);
       free(pids);
       a->worker = i + 1;
