@@ -4,6 +4,7 @@
 ** These functions are private to the Lua side (not in the sr table).
 */
 
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -48,13 +49,19 @@ static int sr_tty_isatty(lua_State *L) {
   return 1;
 }
 
+/* os.exit() skips lua_close, where the loop's teardown restores the
+** terminal: exit then does it. */
+static void sr_tty_reset_at_exit(void) { uv_tty_reset_mode(); }
+
 /* core.ttymode(stdin, "raw" | "normal") */
 static int sr_tty_mode(lua_State *L) {
   static const char *const modes[] = {"normal", "raw", NULL};
+  static int at_exit;
   sr_socket *s = sr__check_socket(L, 1);
   int mode = luaL_checkoption(L, 2, NULL, modes), err;
   if (s == NULL) return 3;
   if (s->h.handle.type != UV_TTY) return sr__fail(L, UV_ENOTTY);
+  if (mode == 1 && !at_exit) at_exit = atexit(sr_tty_reset_at_exit) == 0;
   err = uv_tty_set_mode(&s->h.tty,
                         mode == 1 ? UV_TTY_MODE_RAW : UV_TTY_MODE_NORMAL);
   if (err < 0) return sr__fail(L, err);

@@ -127,7 +127,14 @@ local function execute(fn, out)
   if not r[1] then
     out(r[2] .. "\n", true)
   elseif r.n > 1 then
-    out(results_line(table.pack(select(2, table.unpack(r, 1, r.n)))) .. "\n")
+    -- a result's __tostring or __name may raise: report it as an error
+    local ok, line = pcall(results_line,
+      table.pack(select(2, table.unpack(r, 1, r.n))))
+    if ok then
+      out(line .. "\n")
+    else
+      out("error printing the results: " .. error_text(line) .. "\n", true)
+    end
   end
 end
 
@@ -259,7 +266,8 @@ local function guarded_write(f, ...)
     raw_write(stdout, editor:home())
     stdout:flush()
     local r = table.pack(raw_write(f, ...))
-    local last = select(select("#", ...), ...)
+    local n = select("#", ...)
+    local last = n > 0 and select(n, ...) or nil
     if type(last) == "string" and last:sub(-1) ~= "\n" then
       raw_write(f, "\n")
     end
@@ -354,8 +362,9 @@ function Editor:insert(s)
 end
 
 function Editor:complete()
-  local partial, cands = M.complete(self.buf:sub(1, self.pos))
-  if #cands == 0 then
+  -- a table's __index or __pairs may raise: then there is nothing to offer
+  local ok, partial, cands = pcall(M.complete, self.buf:sub(1, self.pos))
+  if not ok or #cands == 0 then
     raw_write(stdout, "\a")
     return
   end
@@ -454,7 +463,8 @@ local function split_keys(data)
         k = "\27" -- a lone Escape: ignored by Editor:key
       end
     elseif c >= 0xC0 then
-      k = data:match("^[\xC0-\xF7][\x80-\xBF]*", i)
+      -- a byte no UTF-8 character starts with (0xF8-0xFF) is a key alone
+      k = data:match("^[\xC0-\xF7][\x80-\xBF]*", i) or data:sub(i, i)
     else
       k = data:sub(i, i)
     end
@@ -546,7 +556,12 @@ local function run_tty(input)
           return
         end
       else
-        ed:key(k)
+        -- nothing typed may stop the REPL, and with it every server
+        local ok, err = pcall(ed.key, ed, k)
+        if not ok then
+          out("sockrun: REPL error: " .. error_text(err) .. "\n", true)
+          ed:draw()
+        end
       end
     end
     if command then queued = queued .. rest else ed.partial = rest end
