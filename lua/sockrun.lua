@@ -91,7 +91,7 @@ local function check_opts(opts, n, fname)
     argerror(n, fname, "table expected, got " .. type(opts))
   end
   local t, b = opts.timeout, opts.backlog
-  if t ~= nil and (type(t) ~= "number" or t < 0) then
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t < 0) then
     argerror(n, fname, "opts.timeout must be a number >= 0")
   end
   if b ~= nil and (math_type(b) ~= "integer" or b < 0) then

@@ -133,6 +133,16 @@ describe("sr.socket", function()
       "bad argument #2 to 'socket'")
   end)
 
+  it("takes the protocol of its type, and raises for another, naming argument 3",
+    function()
+      local s = assert(sr.socket("inet", "stream", sr.IPPROTO_TCP))
+      s:close()
+      H.raises(function() return sr.socket("inet", "stream", sr.IPPROTO_UDP) end,
+        "bad argument #3 to 'socket'", "unsupported protocol")
+      H.raises(function() return sr.socket("unix", "stream", sr.IPPROTO_TCP) end,
+        "bad argument #3 to 'socket'", "unsupported protocol")
+    end)
+
   it("works inside a task", function()
     H.in_task(function()
       local s = assert(sr.socket("inet6", "stream"))
@@ -1215,7 +1225,37 @@ describe("sr.listen and sr.connect", function()
       "bad argument #3 to 'connect'")
     H.raises(function() return sr.connect(42) end,
       "bad argument #1 to 'connect'")
+    H.raises(function() return sr.connect("127.0.0.1", 80, { timeout = 0 / 0 }) end,
+      "bad argument #3 to 'connect'", "opts.timeout")
   end)
+
+  it("sr.connect raises for a numeric host with a zero byte inside", function()
+    -- C would read only "127.0.0.1" and connect there
+    for _, host in ipairs({ "127.0.0.1\0.example.com", "::1\0junk" }) do
+      H.raises(function() return sr.connect(host, 80) end,
+        "bad argument #1 to 'connect'", "malformed address")
+    end
+    local u = assert(sr.udp("::1", 0))
+    H.raises(function() return u:sendto("x", "::1\0junk", 9) end,
+      "bad argument #2 to 'sendto'", "malformed address")
+    u:close()
+  end)
+
+  it("takes an IPv6 zone by interface name or index, and refuses an unknown one",
+    function()
+      local srv = assert(sr.listen("::1", 0, H.echo))
+      local _, port = srv:getsockname()
+      for _, host in ipairs({ "::1%lo", "::1%1" }) do
+        local c = assert(sr.connect(host, port))
+        assert.equal("zone", c:write("zone\n"):read("l"))
+        c:close()
+      end
+      for _, host in ipairs({ "::1%no-such-if", "::1%0", "::1%" }) do
+        H.raises(function() return sr.connect(host, port) end,
+          "bad argument #1 to 'connect'", "malformed address")
+      end
+      srv:close()
+    end)
 
   it("work inside a task", function()
     H.in_task(function()

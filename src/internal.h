@@ -191,6 +191,8 @@ int sr__check_family(lua_State *L, int arg);
 int sr__check_name(lua_State *L, int arg, const char *const names[],
                    const char *what);
 int sr__check_port(lua_State *L, int arg);
+int sr__parse_numeric(const char *host, size_t len, void *addr,
+                      uint32_t *scope);
 socklen_t sr__check_inaddr(lua_State *L, int harg, int parg, int family,
                            struct sockaddr_storage *ss);
 socklen_t sr__check_unaddr(lua_State *L, int arg, struct sockaddr_storage *ss);

@@ -860,24 +860,15 @@ static int sr_socket_write(lua_State *L) {
 ** for anything else; lets the Lua side tell a malformed literal from a
 ** name without raising from inside its own calls. */
 static int sr_addrfamily(lua_State *L) {
-  const char *host = luaL_checkstring(L, 1);
-  unsigned char buf[sizeof(struct in6_addr)];
-  char tmp[INET6_ADDRSTRLEN + 1];
-  const char *pct = strchr(host, '%');
-  if (inet_pton(AF_INET, host, buf) == 1) {
-    lua_pushliteral(L, "inet");
-    return 1;
+  size_t len;
+  const char *host = luaL_checklstring(L, 1, &len);
+  unsigned char addr[sizeof(struct in6_addr)];
+  uint32_t scope;
+  switch (sr__parse_numeric(host, len, addr, &scope)) {
+    case AF_INET: lua_pushliteral(L, "inet"); return 1;
+    case AF_INET6: lua_pushliteral(L, "inet6"); return 1;
+    default: return 0;
   }
-  if (pct != NULL && (size_t)(pct - host) < sizeof tmp) {
-    memcpy(tmp, host, (size_t)(pct - host));
-    tmp[pct - host] = '\0';
-    host = tmp;
-  }
-  if (inet_pton(AF_INET6, host, buf) == 1) {
-    lua_pushliteral(L, "inet6");
-    return 1;
-  }
-  return 0;
 }
 
 static const luaL_Reg sr_socket_methods[] = {

@@ -93,44 +93,69 @@ int sr__check_port(lua_State *L, int arg) {
 }
 
 /*
+** A numeric host: IPv4, or IPv6 with an optional zone after '%' (an
+** interface name, or its index). Returns AF_INET or AF_INET6 with the
+** address in addr (16 bytes) and the zone's interface index in *scope (0
+** for none), or 0 for anything else: a name, a malformed literal, an
+** unknown zone, or a string with a zero byte inside (C would read only
+** the part before it).
+*/
+int sr__parse_numeric(const char *host, size_t len, void *addr,
+                      uint32_t *scope) {
+  char buf[INET6_ADDRSTRLEN];
+  const char *pct;
+  *scope = 0;
+  if (strlen(host) != len) return 0;
+  if (inet_pton(AF_INET, host, addr) == 1) return AF_INET;
+  if ((pct = strchr(host, '%')) != NULL) {
+    const char *zone = pct + 1;
+    size_t n = (size_t)(pct - host);
+    if (n >= sizeof buf || *zone == '\0') return 0;
+    memcpy(buf, host, n);
+    buf[n] = '\0';
+    if (strspn(zone, "0123456789") == strlen(zone)) {
+      unsigned long id = strlen(zone) <= 10 ? strtoul(zone, NULL, 10) : 0;
+      *scope = id <= UINT32_MAX ? (uint32_t)id : 0;
+    } else {
+      *scope = if_nametoindex(zone);
+    }
+    if (*scope == 0) return 0;
+    host = buf;
+  }
+  return inet_pton(AF_INET6, host, addr) == 1 ? AF_INET6 : 0;
+}
+
+/*
 ** A numeric host and a port into a sockaddr of the given family. "*" and
 ** "" are the any-address; names are resolved by the Lua side before they
 ** get here, so anything else that does not parse is a malformed address.
 */
 socklen_t sr__check_inaddr(lua_State *L, int harg, int parg, int family,
                            struct sockaddr_storage *ss) {
-  const char *host = luaL_checkstring(L, harg);
-  int port = sr__check_port(L, parg);
+  size_t len;
+  const char *host = luaL_checklstring(L, harg, &len);
+  int port = sr__check_port(L, parg), any = *host == '\0' || strcmp(host, "*") == 0;
+  uint32_t scope;
   memset(ss, 0, sizeof *ss);
   if (family == AF_INET) {
     struct sockaddr_in *sin = (struct sockaddr_in *)ss;
     sin->sin_family = AF_INET;
     sin->sin_port = htons((uint16_t)port);
-    if (*host == '\0' || strcmp(host, "*") == 0)
+    if (any)
       sin->sin_addr.s_addr = htonl(INADDR_ANY);
-    else if (inet_pton(AF_INET, host, &sin->sin_addr) != 1)
+    else if (sr__parse_numeric(host, len, &sin->sin_addr, &scope) != AF_INET)
       luaL_argerror(L, harg, "malformed IPv4 address");
     return sizeof *sin;
   } else {
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-    char buf[INET6_ADDRSTRLEN + 16];
-    const char *pct = strchr(host, '%');
     sin6->sin6_family = AF_INET6;
     sin6->sin6_port = htons((uint16_t)port);
-    if (*host == '\0' || strcmp(host, "*") == 0) {
+    if (any)
       sin6->sin6_addr = in6addr_any;
-      return sizeof *sin6;
-    }
-    if (pct != NULL) { /* fe80::1%eth0: scope id after the address */
-      size_t n = (size_t)(pct - host);
-      luaL_argcheck(L, n < sizeof buf, harg, "malformed IPv6 address");
-      memcpy(buf, host, n);
-      buf[n] = '\0';
-      sin6->sin6_scope_id = if_nametoindex(pct + 1);
-      host = buf;
-    }
-    if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
+    else if (sr__parse_numeric(host, len, &sin6->sin6_addr, &scope) != AF_INET6)
       luaL_argerror(L, harg, "malformed IPv6 address");
+    else
+      sin6->sin6_scope_id = scope; /* fe80::1%eth0 */
     return sizeof *sin6;
   }
 }
@@ -171,8 +196,15 @@ int sr__push_addr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
     }
     case AF_INET6: {
       const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+      char ifname[IF_NAMESIZE];
       inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host);
-      lua_pushstring(L, host);
+      /* a link-local peer's zone, so that the address can be used again */
+      if (sin6->sin6_scope_id == 0)
+        lua_pushstring(L, host);
+      else if (if_indextoname(sin6->sin6_scope_id, ifname) != NULL)
+        lua_pushfstring(L, "%s%%%s", host, ifname);
+      else
+        lua_pushfstring(L, "%s%%%I", host, (lua_Integer)sin6->sin6_scope_id);
       lua_pushinteger(L, ntohs(sin6->sin6_port));
       return 2;
     }
