@@ -85,6 +85,12 @@ describe("sockrun script.lua a b", function()
     assert_prints("true\t-v\n", H.run("-- " .. H.q(path) .. " -v"))
   end)
 
+  it("takes what follows -- as the script, even when it looks like an option",
+    function()
+      local err = H.assert_exit(1, H.run("-- -e 'print(1)'"))
+      assert.matches("-e", err, 1, true)
+    end)
+
   it("fails with status 1 when the script does not exist", function()
     local err = H.assert_exit(1, H.run("/nonexistent/sockrun-spec-script.lua"))
     assert.matches("nonexistent", err, 1, true)
@@ -169,6 +175,13 @@ describe("sockrun -v", function()
     assert.equal(0, code)
     assert.matches("sockrun", out .. err, 1, true)
     assert.matches("%d+%.%d+", out .. err)
+  end)
+
+  it("prints the version the module reports as sr.version", function()
+    local out = H.run("-v")
+    local version = H.sr.version
+    assert.is_string(version)
+    assert.matches("^sockrun " .. version:gsub("%p", "%%%0") .. " ", out)
   end)
 end)
 
@@ -522,6 +535,22 @@ describe("sockrun -w N", function()
     os.execute("kill -KILL " .. pid)
     p:close()
     for _, w in ipairs(workers) do assert.is_true(wait_gone(w)) end
+  end)
+
+  it("exits 1 when a worker fails, and sets no sr.worker without -w", function()
+    local out, err, code = H.run_script([[
+      local sr = require "sockrun"
+      print(sr.worker, sr.workers)
+    ]])
+    assert.equal(0, code, err)
+    assert.equal("nil\tnil\n", out)
+    local path = H.tmpfile([[
+      local sr = require "sockrun"
+      if sr.worker == 2 then error("worker 2 fails") end
+    ]], ".lua")
+    local _, err2, code2 = H.run("-w 2 " .. H.q(path))
+    assert.equal(1, code2)
+    assert.matches("worker 2 fails", err2, 1, true)
   end)
 
   it("refuses a worker count that is not a positive integer", function()

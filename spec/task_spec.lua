@@ -361,6 +361,11 @@ describe("task:cancel", function()
 end)
 
 describe("task:status", function()
+  it("raises when given something that is not a task", function()
+    local t = sr.spawn(function() end)
+    H.raises(function() return t.status(42) end, "bad argument #1 to 'status'")
+  end)
+
   it("is \"running\" for the task asking", function()
     local t = sr.spawn(function() return sr.current():status() end)
     assert.equal("running", t:join())
@@ -591,6 +596,19 @@ describe("sr.run", function()
   it("raises when given something that is not a function", function()
     assert_raised("bad argument", pcall(sr.run, 42))
   end)
+end)
+
+describe("sr.shutdown", function()
+  it("raises for a grace period that is not a number >= 0, and shuts nothing",
+    function()
+      local srv, port = H.echo_server()
+      H.raises(function() return sr.shutdown(-1) end,
+        "bad argument #1 to 'shutdown'")
+      H.raises(function() return sr.shutdown("soon") end,
+        "bad argument #1 to 'shutdown'")
+      assert_echoes(port, "still serving")
+      srv:close()
+    end)
 end)
 
 describe("sr.stop", function()
