@@ -420,6 +420,14 @@ describe("sockrun on a terminal", function()
     assert.equal(0, t:quit())
   end)
 
+  it("exits on a Ctrl-D typed while a command runs, once it ends", function()
+    local t = term()
+    t:type("sr.sleep(0.5)")
+    t:key("Enter")
+    t:key("C-d")
+    assert.equal(0, t:wait_exit())
+  end)
+
   it("takes a byte no UTF-8 character starts with as a key, and goes on",
     function()
       local t = term()

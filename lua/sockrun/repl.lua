@@ -513,7 +513,16 @@ local function run_tty(input)
     end
   end
 
-  ed.on_eof = function() quit = true end
+  local reader = sr.current() -- the task that reads the keys (below)
+  ed.on_eof = function()
+    quit = true
+    -- Ctrl-D typed ahead is replayed in the task of the command it waited
+    -- for, while the reader waits for more keys: wake it, input closed
+    if sr.current() ~= reader then
+      core.ttymode(input, "normal")
+      input:close()
+    end
+  end
   ed.on_cancel_input = function()
     pending_chunk = nil
     ed.prompt = "> "
