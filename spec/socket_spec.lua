@@ -846,6 +846,23 @@ describe("s:close", function()
     assert.equal(16 * #chunk, #data)
     a:close()
   end)
+
+  it("gives a flush to a peer that does not read only the write timeout",
+    function()
+      local c, a = H.pair()
+      c:settimeout(0.2)
+      local chunk = string.rep("z", 256 * 1024)
+      for _ = 1, 64 do -- the kernel's buffers, then the high-water mark
+        if not c:write(chunk) then break end
+      end
+      local t0 = sr.now()
+      c:close()
+      -- the queue is dropped and the descriptor closed after 0.2 s, not
+      -- after the 30 s a socket without a write timeout gets
+      assert.truthy(H.wait_for(function() return sr._core.counts() == 1 end, 5))
+      assert.is_true(sr.now() - t0 >= 0.15)
+      a:close()
+    end)
 end)
 
 -- ------------------------------------------------------------------------
