@@ -402,6 +402,27 @@ for _, kind in ipairs({ "tcp", "unix" }) do
         assert.equal("short", c:read("l"))
       end)
 
+    it("judges a line against setmaxline by its length, whatever packets bring it",
+      function()
+        assert.is_true(c:setmaxline(4))
+        a:write("abcdefghij\n") -- its end came with it: still too long
+        H.assert_fail_msg("line too long", "ENOBUFS", c:read("l"))
+        assert.equal("abcdefghij\n", c:read(11))
+        a:write("abc\r") -- "abc" and a "\r" that may start its end
+        sr.sleep(0.05)
+        a:write("\n")
+        assert.equal("abc", c:read("l"))
+        a:write("abcd\n") -- exactly the limit
+        assert.equal("abcd", c:read("l"))
+      end)
+
+    it("gives EOF for read(0) once the peer has closed, before any read",
+      function()
+        a:close()
+        sr.sleep(0.05)
+        H.assert_eof(c:read(0))
+      end)
+
     it("fails at once, with ENOBUFS, for a count above the 4 GiB a " ..
        "socket can hold", function()
         a:write("x")

@@ -274,6 +274,15 @@ describe("a datagram received in a stream reader's task", function()
   end)
 end)
 
+describe("s:read on a datagram socket", function()
+  it("raises for a format: a datagram is read whole", function()
+    local u = udp()
+    H.raises(function() return u:read("l") end, "bad argument #1 to 'read'",
+      "no format")
+    u:close()
+  end)
+end)
+
 describe("connected UDP", function()
   it("connect sets the default peer for write and read",
     H.on_two(udp, function(a, aport, b, bport)

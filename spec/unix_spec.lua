@@ -383,6 +383,22 @@ describe("unix datagram sockets", function()
     for i = 1, 10 do assert.equal(string.rep("d", i), (b:recvfrom())) end
   end))
 
+  it("refuse a datagram longer than 64 KiB with EMSGSIZE, not a cut one",
+    function()
+      local a, apath = dgram()
+      local b = dgram()
+      for _, s in ipairs({ a, b }) do
+        s:setsockopt("sndbuf", 1 << 20)
+        s:setsockopt("rcvbuf", 1 << 20)
+      end
+      assert(b:sendto(string.rep("x", 100000), apath))
+      assert(b:sendto("after", apath))
+      H.assert_fail("EMSGSIZE", a:recvfrom())
+      assert.equal("after", (a:recvfrom()))
+      a:close()
+      b:close()
+    end)
+
   it("give \"\" as the sender of an unbound socket", function()
     local b, bpath = dgram()
     local u = assert(sr.socket("unix", "dgram"))

@@ -68,8 +68,11 @@ static int sr_dgram_recv_k(lua_State *L, int status, lua_KContext ctx) {
     if (!fresh && sr__timedout(s->loop))
       return sr__fail(L, UV_ETIMEDOUT);
     sr__stream_reclaim(s->loop); /* a stream's reader may be reading it */
-    n = recvfrom(s->fd, s->loop->rbuf, sizeof s->loop->rbuf, 0,
+    /* MSG_TRUNC: the datagram's own length, also when the buffer was not
+    ** long enough for it (a unix datagram can be longer than 64 KiB) */
+    n = recvfrom(s->fd, s->loop->rbuf, sizeof s->loop->rbuf, MSG_TRUNC,
                  (struct sockaddr *)&ss, &len);
+    if (n > (ssize_t)sizeof s->loop->rbuf) return sr__fail(L, UV_EMSGSIZE);
     if (n >= 0) {
       lua_pushlstring(L, s->loop->rbuf, (size_t)n);
       if (!with_addr) return 1;
@@ -93,9 +96,12 @@ int sr__dgram_recvfrom(lua_State *L) {
   return sr_dgram_recv_k(L, LUA_OK, 1);
 }
 
-/* s:read() on a datagram socket: the next datagram, without its sender. */
+/* s:read() on a datagram socket: the next datagram, without its sender.
+** A datagram is read whole, so no format applies. */
 int sr__dgram_read(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
+  luaL_argcheck(L, lua_isnoneornil(L, 2), 2,
+                "a datagram socket reads whole datagrams: no format");
   if (s == NULL) return 3;
   return sr_dgram_recv_k(L, LUA_OK, 0);
 }

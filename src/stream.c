@@ -344,6 +344,14 @@ static int sr_stream_number(lua_State *L, sr_socket *s, int ended) {
   return 1;
 }
 
+/* read(0) with nothing buffered answers "" or EOF: whether the peer has
+** closed is known only once read, so look without taking anything. */
+static int sr_stream_peer_closed(sr_socket *s) {
+  char c;
+  return s->fd >= 0 && s->kind != SR_TTY &&
+         recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 /*
 ** Try to satisfy one read from the buffer: push the result and return the
 ** number of values (1, or 3 for nil, message, code), or return 0 when
@@ -358,6 +366,8 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
       break;
     case SR_READ_COUNT:
       if (count > SR_BUF_MAX) return sr__fail(L, UV_ENOBUFS); /* never fits */
+      if (count == 0 && s->len == 0 && !ended && sr_stream_peer_closed(s))
+        ended = s->eof = 1;
       if (s->len >= count && (count > 0 || s->len > 0 || !ended)) {
         sr_push_bytes(L, s->buf ? s->buf + s->off : "", count);
         if (count > 0) sr_stream_consume(s, count);
@@ -378,18 +388,22 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
       const char *nl = s->len > s->scanned ? memchr(base + s->scanned, '\n',
                                                     s->len - s->scanned)
                                            : NULL;
+      /* The limit is on a line's bytes without its end, whatever packets
+      ** brought them: a too long line is refused whether its end came or
+      ** not, and a "\r" without its "\n" yet counts as a possible end. */
       if (nl != NULL) {
         size_t n = (size_t)(nl - base) + 1, k = n;
-        if (!keep) {
-          k--;
-          if (k > 0 && base[k - 1] == '\r') k--;
-        }
+        size_t content = n - 1 - (n >= 2 && base[n - 2] == '\r');
+        if (content > s->maxline)
+          return sr__fail_msg(L, "line too long", "ENOBUFS");
+        if (!keep) k = content;
         sr_push_bytes(L, base, k);
         sr_stream_consume(s, n);
         return 1;
       }
       s->scanned = s->len;
-      if (s->len >= s->maxline && !ended)
+      if (s->len - (s->len > 0 && base[s->len - 1] == '\r') > s->maxline &&
+          !ended)
         return sr__fail_msg(L, "line too long", "ENOBUFS");
       break;
     }
@@ -447,11 +461,13 @@ int sr__stream_read(lua_State *L, sr_socket *s) {
   int top = lua_gettop(L);
   if (top + 2 > LUA_MINSTACK) /* a value per format, 3 to fail */
     luaL_checkstack(L, top + 2, "too many formats");
-  if (s == NULL) {
+  /* Not connected (yet): an answer, not a sticky read error, so that the
+  ** socket reads once connected. */
+  if (s == NULL || !s->connected) {
     int i, keep;
     size_t count;
     for (i = 2; i <= top; i++) sr_check_format(L, i, &count, &keep);
-    return sr__fail(L, UV_EBADF);
+    return sr__fail(L, s == NULL ? UV_EBADF : UV_ENOTCONN);
   }
   return sr_stream_read_from(L, s, 0, 1);
 }
@@ -652,6 +668,7 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   ssize_t done;
   sigset_t saved;
   if (s == NULL) return sr__fail(L, UV_EBADF);
+  if (!s->connected) return sr__fail(L, UV_ENOTCONN); /* not a sticky error */
   if (s->writer != NULL) /* refuse before a byte of ours goes out */
     return luaL_error(L, "socket is busy: another task is already writing "
                          "on it");
