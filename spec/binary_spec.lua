@@ -569,6 +569,36 @@ describe("sockrun -w N", function()
   end)
 end)
 
+describe("sr.shutdown in the binary", function()
+  it("lets a closed connection send what it has queued before the process exits",
+    function()
+      -- The handler queues 4 MiB and returns (its write returns at the
+      -- 1 MiB high-water mark), then the script shuts down: the last MiB
+      -- still goes out, within the grace, before the exit.
+      local p = H.spawn_script([[
+        local sr = require "sockrun"
+        io.stdout:setvbuf("line")
+        local srv = assert(sr.listen("127.0.0.1", 0, function(c)
+          assert(c:write(string.rep("x", 4 * 1024 * 1024)))
+          sr.spawn(sr.shutdown, 5)
+        end))
+        print((select(2, srv:getsockname())))
+      ]])
+      local port = H.read_port(p)
+      local c = assert(sr.connect("127.0.0.1", port))
+      c:settimeout(10)
+      local got = 0
+      while got < 3 * 1024 * 1024 do
+        got = got + #assert(c:read(64 * 1024))
+      end
+      sr.sleep(0.3) -- the handler has returned and the shutdown begun
+      local rest = assert(c:read("a"))
+      c:close()
+      assert.equal(4 * 1024 * 1024, got + #rest)
+      assert.equal(0, H.wait_exit(p, 10))
+    end)
+end)
+
 describe("Lua warnings in the binary", function()
   it("prints them on stderr, pieces joined, a leading @ kept when the " ..
      "message has several pieces", function()

@@ -112,6 +112,7 @@ struct sr_loop {
   int onerror_ref;   /* sr.onerror hook, or LUA_NOREF */
   void *signals[65]; /* sr.signal handlers by signal number */
   int nsockets;      /* socket structs not yet freed */
+  int nflushing;     /* sockets closed with writes still going out */
   int ntasks;        /* tasks started and not finished */
   char rbuf[SR_READ_CHUNK]; /* every stream read lands here first */
 };
@@ -167,6 +168,7 @@ struct sr_socket {
   unsigned nbio_ref : 1;  /* handle currently uv_ref'd */
   unsigned borrowed : 1;  /* buf is the loop's read buffer, lent */
   unsigned dirty : 1;     /* on the loop's dirty list */
+  unsigned flushing : 1;  /* closed, its queued writes still going out */
   union {                 /* last: see above */
     uv_handle_t handle;
     uv_stream_t stream;

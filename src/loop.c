@@ -144,7 +144,8 @@ static int sr_counts(lua_State *L) {
   sr_loop *lp = sr_getloop(L);
   lua_pushinteger(L, lp->nsockets);
   lua_pushinteger(L, lp->ntasks);
-  return 2;
+  lua_pushinteger(L, lp->nflushing);
+  return 3;
 }
 
 /* ---------------------------------------------------------------------- */

@@ -50,6 +50,10 @@ void sr__socket_update_ref(sr_socket *s) {
 static void sr_socket_uv_close(sr_socket *s) {
   if (s->closing) return;
   s->closing = 1;
+  if (s->flushing) {
+    s->flushing = 0;
+    s->loop->nflushing--;
+  }
   /* a path we bound for a server or a datagram socket is ours to remove */
   if (s->path != NULL && (s->listening || s->kind == SR_DGRAM)) unlink(s->path);
   if (s->kind == SR_DGRAM) {
@@ -88,6 +92,8 @@ void sr__socket_close(sr_socket *s) {
     ** SR_CLOSE_LINGER_MS) and then the rest is dropped. */
     uint32_t t = s->timeout_ms[SR_TWRITE];
     uint64_t ms = t != SR_NO_TIMEOUT ? t : SR_CLOSE_LINGER_MS;
+    s->flushing = 1; /* sr.shutdown waits for these (core.counts) */
+    s->loop->nflushing++;
     s->linger = malloc(sizeof *s->linger);
     if (s->linger != NULL) {
       uv_timer_init(&s->loop->uv, s->linger);
