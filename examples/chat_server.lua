@@ -12,44 +12,66 @@ if not port then
   os.exit(2)
 end
 
--- The connected clients: connection -> name, and how many there are.
+-- The connected clients: connection -> client ({conn, name, queue}), and
+-- how many there are.
 local clients, count = {}, 0
 
--- Send a line to every client but `except`. Writes may wait (a slow reader),
--- and other clients may join or leave meanwhile, so walk a snapshot.
-local function broadcast(line, except)
-  local targets = {}
-  for conn in pairs(clients) do
-    if conn ~= except then targets[#targets + 1] = conn end
+-- A client that has this many lines waiting has stopped reading: dropped.
+local MAX_QUEUED = 1000
+
+-- Queue a line for a client. Each client's lines go out from a writer task
+-- of its own, started when its queue fills and ended when it is empty, so a
+-- client that reads slowly holds up only itself, and only one task ever
+-- writes to a connection.
+local function send(client, ...)
+  local q = client.queue
+  if #q >= MAX_QUEUED then
+    client.conn:close() -- its handler sees the close and says it left
+    return
   end
-  for _, conn in ipairs(targets) do
-    conn:write(line, "\n")  -- a failed write is fine: that client's own task will see it leave
+  q[#q + 1] = table.concat({ ... })
+  if client.writing then return end
+  client.writing = true
+  sr.spawn(function()
+    while q[1] do
+      if not client.conn:write(table.remove(q, 1), "\n") then
+        for i = #q, 1, -1 do q[i] = nil end -- gone: its handler cleans up
+      end
+    end
+    client.writing = false
+  end)
+end
+
+-- Send a line to every client but `except`.
+local function broadcast(line, except)
+  for conn, client in pairs(clients) do
+    if conn ~= except then send(client, line) end
   end
 end
 
 local server, err = sr.listen(host, port, function(conn, peer_host, peer_port)
-  local name = peer_host .. ":" .. peer_port
-  clients[conn], count = name, count + 1
-  print(name .. " joined")
-  conn:write("* welcome, you are ", name, " (", count, " here)\n")
-  broadcast("* " .. name .. " joined", conn)
+  local me = { conn = conn, name = peer_host .. ":" .. peer_port, queue = {} }
+  clients[conn], count = me, count + 1
+  print(me.name .. " joined")
+  send(me, "* welcome, you are ", me.name, " (", count, " here)")
+  broadcast("* " .. me.name .. " joined", conn)
 
   for line in conn:lines() do  -- "l" strips "\n" and "\r\n"
     local nick = line:match("^/nick%s+(%S+)")
     if nick then
-      broadcast("* " .. name .. " is now " .. nick, conn)
-      name = nick
-      clients[conn] = name
-      conn:write("* you are now ", name, "\n")
+      broadcast("* " .. me.name .. " is now " .. nick, conn)
+      me.name = nick
+      send(me, "* you are now ", me.name)
     elseif line ~= "" then
-      broadcast(name .. ": " .. line, conn)
+      broadcast(me.name .. ": " .. line, conn)
     end
   end
 
-  -- End of file or an error: the client has gone. sr.listen closes conn.
+  -- End of file, an error, or dropped: the client has gone. sr.listen
+  -- closes conn.
   clients[conn], count = nil, count - 1
-  print(name .. " left")
-  broadcast("* " .. name .. " left")
+  print(me.name .. " left")
+  broadcast("* " .. me.name .. " left")
 end)
 if not server then
   io.stderr:write(("chat server: cannot listen on %s:%d: %s\n"):format(host, port, err))

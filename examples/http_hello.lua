@@ -49,7 +49,9 @@ local server, err = sr.listen(host, port, function(conn)
 
     -- This server ignores request bodies, but must still consume them so the
     -- next request on the connection starts at the right byte.
-    local length = tonumber(req.headers["content-length"])
+    local header = req.headers["content-length"]
+    local length = header and math.tointeger(tonumber(header))
+    if header and not (length and length >= 0) then return end -- malformed: close
     if length and length > 0 and not conn:read(length) then return end
 
     local keep = keep_alive(req)

@@ -315,6 +315,37 @@ s.close()
 ]], srv.port))
   end)
 
+  it("drops a client that stopped reading, and the others go on", function()
+    local srv = serve("chat_server")
+    local out, code = py([[
+def client():
+    s = connect()
+    f = s.makefile("rb")
+    f.readline()                    # the welcome
+    return s, f
+a, fa = client()                    # reads nothing more from here on
+b, fb = client()
+b.sendall((b"x" * 99 + b"\n") * 80000)  # 8 MB for a: more than it can hold
+c, fc = client()
+c.sendall(b"from c\n")
+ok = False
+for _ in range(10):
+    l = fb.readline().decode()
+    if l.endswith(": from c\n"):
+        ok = True
+        break
+print("B got C", ok)
+e = connect()
+print(e.makefile("rb").readline().decode().endswith("(3 here)\n"))
+for s in (a, b, c, e):
+    s.close()
+]], srv.port)
+    assert.equal("B got C True\nTrue\n", out)
+    assert.equal(0, code)
+    stop(srv)
+    assert.is_nil(srv.stderr:find("busy", 1, true), srv.stderr)
+  end)
+
   it("logs joins and leaves on stdout", function()
     local srv = serve("chat_server")
     local out = py([[
@@ -385,6 +416,22 @@ print(got.count(b"HTTP/1.1 200 OK\r\n"), got.count(b"Hello, World!"),
     assert.equal("4 3 3 1\n", out)
     assert.equal(0, code)
   end)
+
+  it("closes, without an error, a connection whose Content-Length is not a count",
+    function()
+      local srv = serve("http_hello")
+      local out, code = py([[
+for bad in (b"1.5", b"1e30", b"-3", b"ten"):
+    s = connect()
+    s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + bad + b"\r\n\r\n")
+    print(repr(recv_all(s)))
+    s.close()
+]], srv.port)
+      assert.equal(string.rep("b''\n", 4), out)
+      assert.equal(0, code)
+      stop(srv)
+      assert.equal("", srv.stderr)
+    end)
 
   it("carries request bodies sent by curl on a kept-alive connection", function()
     local srv = serve("http_hello")
