@@ -182,7 +182,9 @@ end
 function methods:lines(...)
   local n = select("#", ...)
   if n <= 1 then
-    local fmt = ... or "l"
+    local fmt = ...
+    -- lines by default; a datagram socket's are its datagrams, read whole
+    if fmt == nil and select(2, self:family()) ~= "dgram" then fmt = "l" end
     return function() return (self:read(fmt)) end
   end
   local fmts = { ... }

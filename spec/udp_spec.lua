@@ -275,6 +275,18 @@ describe("a datagram received in a stream reader's task", function()
 end)
 
 describe("s:read on a datagram socket", function()
+  it("gives the datagrams one by one through s:lines()", function()
+    local a, aport = udp()
+    local b = udp()
+    assert(b:sendto("one\ntwo", "127.0.0.1", aport))
+    assert(b:sendto("three", "127.0.0.1", aport))
+    local it, got = a:lines(), {}
+    got[1], got[2] = it(), it()
+    assert.same({ "one\ntwo", "three" }, got)
+    a:close()
+    b:close()
+  end)
+
   it("raises for a format: a datagram is read whole", function()
     local u = udp()
     H.raises(function() return u:read("l") end, "bad argument #1 to 'read'",
