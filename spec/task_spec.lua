@@ -536,6 +536,33 @@ describe("a task's coroutine resumed by the script itself", function()
       assert.matches("resumed or closed outside sockrun", err)
     end)
 
+  it("cancels a chain of 20000 joined tasks whose coroutines a script closed",
+    function()
+      -- each one cancelled wakes the next: no C call inside a C call
+      -- all the way down either
+      local path = H.tmpfile([[
+        local sr = require "sockrun"
+        local first = sr.spawn(function() sr.sleep(0.01) end)
+        local last, cos = first, {}
+        for i = 1, 20000 do
+          local prev = last
+          last = sr.spawn(function()
+            cos[i] = coroutine.running()
+            return prev:join()
+          end)
+        end
+        for i = 1, 20000 do coroutine.close(cos[i]) end
+        first:join()
+        sr.sleep(0.05)
+        print(last:status())
+      ]], ".lua")
+      local out, code = H.sh(string.format(
+        "ulimit -s 1024 && timeout 60 %s %s 2>/dev/null", H.q(H.sockrun),
+        H.q(path)))
+      assert.equal(0, code)
+      assert.equal("cancelled\n", out)
+    end)
+
   it("cancels the task when the coroutine died under the script's resume",
     function()
       -- The binary runs the main chunk as a task: the coroutine cannot

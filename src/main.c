@@ -322,6 +322,7 @@ static int sr_run_workers(sr_args *a) {
       a->worker = i + 1;
       return -1;
     }
+    setpgid(p, p); /* as the child does: whichever runs first */
     pids[i] = p;
     live++;
   }

@@ -344,8 +344,10 @@ static void sr_task_continue(sr_task *t) {
           "sockrun; the task is cancelled\n");
   t->state = SR_TASK_CANCELLED;
   t->nres = 0;
+  lp->depth++; /* its joiners' wakes nest here too */
   sr_task_finish(t);
   if (lp->dirty != NULL) sr__loop_flush(lp);
+  lp->depth--;
 }
 
 static sr_task *sr_check_task(lua_State *L, int arg) {
