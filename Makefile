@@ -1,6 +1,6 @@
 # sockrun -- a Lua-scriptable socket runtime over libuv.
 # `make` builds build/sockrun (the runner, Lua side built in) and
-# build/sockrun/core.so (the C module for stock lua5.4).
+# build/lua/sockrun/core.so (the C module for stock lua5.4).
 
 # == Settings =================================================================
 PREFIX ?= /usr/local
@@ -71,7 +71,10 @@ $(BUILD)/sockrun: $(CORE_OBJ) $(BUILD)/obj/main.o $(BUILD)/obj/alloc.o $(BUILD)/
 deps:
 	@sh tools/deps.sh
 
-run: deps all
+# all in a make of its own: this one worked out the compiler flags from
+# pkg-config when it read this file, before deps could install it
+run: deps
+	$(MAKE) all
 	$(BUILD)/sockrun examples/echo_server.lua
 
 test: all
