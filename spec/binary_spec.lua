@@ -508,17 +508,21 @@ describe("sockrun -w N", function()
     print("listening")
   ]]
 
-  it("drains on a SIGINT sent to its whole process group, as a terminal's Ctrl-C is",
-    function()
-      -- Each worker must get the signal once, from the parent: a second
-      -- one means "exit at once".
+  for _, case in ipairs({
+    -- each worker must get the signal once, from the parent: a second one
+    -- means "exit at once"
+    { "a SIGINT sent to its whole process group, as a terminal's Ctrl-C is",
+      "kill -INT -%d" },
+    { "a SIGHUP to the parent, passed on as SIGTERM", "kill -HUP %d" },
+  }) do
+    it("drains on " .. case[1], function()
       local port = H.free_port("tcp")
       local pid, p = start_workers(SLOW, port)
       local c = assert(sr.connect("127.0.0.1", port))
       c:settimeout(10)
       assert(c:write("go\n"))
       sr.sleep(0.1) -- the handler is in its sleep
-      os.execute("kill -INT -" .. pid) -- the group (dash: no "--")
+      os.execute(case[2]:format(pid))
       assert.equal("drained", c:read("l"))
       c:close()
       assert.is_true(wait_gone(pid))
@@ -526,6 +530,7 @@ describe("sockrun -w N", function()
       assert.is_true(ok)
       assert.equal(0, code)
     end)
+  end
 
   it("leaves no worker serving when the parent is killed", function()
     local port = H.free_port("tcp")

@@ -287,10 +287,11 @@ static void sr_raise_nofile(void) {
 ** Each worker gets exactly one of each signal the parent passes on: it has
 ** a process group of its own, so a terminal's Ctrl-C (sent to the
 ** foreground group) reaches the parent only, and a worker that got it
-** twice would take the second for "exit at once". A parent that dies any
-** other way (SIGHUP, SIGKILL) sends its workers SIGTERM (PR_SET_PDEATHSIG),
-** so none is left serving. Returns -1 in a worker, which goes on to run
-** the script.
+** twice would take the second for "exit at once". SIGHUP (the terminal
+** went away) is passed on as SIGTERM, to drain too. A parent that dies any
+** other way (SIGKILL) takes its workers with it (PR_SET_PDEATHSIG), so
+** none is left serving. Returns -1 in a worker, which goes on to run the
+** script.
 */
 static int sr_run_workers(sr_args *a) {
   pid_t *pids = calloc((size_t)a->workers, sizeof *pids), parent = getpid();
@@ -300,6 +301,7 @@ static int sr_run_workers(sr_args *a) {
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGCHLD);
   sigprocmask(SIG_BLOCK, &set, &old); /* taken with sigwaitinfo below */
   signal(SIGCHLD, SIG_DFL); /* ignored, exited workers would go unseen */
@@ -315,7 +317,7 @@ static int sr_run_workers(sr_args *a) {
     }
     if (p == 0) {
       setpgid(0, 0);
-      if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
+      if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
         _exit(1); /* the parent is gone already */
       sigprocmask(SIG_SETMASK, &old, NULL);
       free(pids);
@@ -330,9 +332,9 @@ static int sr_run_workers(sr_args *a) {
     siginfo_t info;
     int sig = sigwaitinfo(&set, &info), st, j;
     pid_t p;
-    if (sig == SIGINT || sig == SIGTERM) {
+    if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
       for (j = 0; j < a->workers; j++)
-        if (pids[j] > 0) kill(pids[j], sig);
+        if (pids[j] > 0) kill(pids[j], sig == SIGHUP ? SIGTERM : sig);
       continue;
     }
     while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
