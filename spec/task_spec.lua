@@ -24,6 +24,13 @@ local function assert_echoes(port, line)
   c:close()
 end
 
+-- Run the script `src` with the binary on a 1 MiB C stack: stdout, status.
+local function run_on_small_stack(src)
+  local path = H.tmpfile(src, ".lua")
+  return H.sh(string.format("ulimit -s 1024 && timeout 60 %s %s 2>/dev/null",
+    H.q(H.sockrun), H.q(path)))
+end
+
 -- Assert that ok, err (as pcall gives them) are a failure whose message
 -- matches the Lua pattern `pattern`; returns the message.
 local function assert_raised(pattern, ok, err)
@@ -151,7 +158,7 @@ describe("task:join", function()
   it("wakes a chain of 20000 tasks, each joined on the one before", function()
     -- Each task's end wakes the next one's join: not a C call inside a C
     -- call all the way down, which a 1 MiB stack would not hold.
-    local path = H.tmpfile([[
+    local out, code = run_on_small_stack([[
       local sr = require "sockrun"
       local last = sr.spawn(function() sr.sleep(0.01); return 0 end)
       for _ = 1, 20000 do
@@ -159,9 +166,7 @@ describe("task:join", function()
         last = sr.spawn(function() return prev:join() + 1 end)
       end
       print(last:join())
-    ]], ".lua")
-    local out, code = H.sh(string.format("ulimit -s 1024 && timeout 60 %s %s",
-      H.q(H.sockrun), H.q(path)))
+    ]])
     assert.equal(0, code)
     assert.equal("20000\n", out)
   end)
@@ -540,7 +545,7 @@ describe("a task's coroutine resumed by the script itself", function()
     function()
       -- each one cancelled wakes the next: no C call inside a C call
       -- all the way down either
-      local path = H.tmpfile([[
+      local out, code = run_on_small_stack([[
         local sr = require "sockrun"
         local first = sr.spawn(function() sr.sleep(0.01) end)
         local last, cos = first, {}
@@ -555,10 +560,7 @@ describe("a task's coroutine resumed by the script itself", function()
         first:join()
         sr.sleep(0.05)
         print(last:status())
-      ]], ".lua")
-      local out, code = H.sh(string.format(
-        "ulimit -s 1024 && timeout 60 %s %s 2>/dev/null", H.q(H.sockrun),
-        H.q(path)))
+      ]])
       assert.equal(0, code)
       assert.equal("cancelled\n", out)
     end)

@@ -32,15 +32,13 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 ** timer instead, so that such a chain cannot overflow the C stack. */
 #define SR_WAKE_DEPTH 32
 
-static void sr_task_continue(sr_task *t);
-
 static void sr_task_timer_cb(uv_timer_t *timer) {
   sr_task *t = timer->data;
   if (t == NULL) return;
   if (t->deferred) { /* woken already (sr__wake) */
     t->deferred = 0;
     t->state = SR_TASK_RUNNING;
-    sr_task_continue(t);
+    sr_task_resume(t, NULL, 0);
   } else {
     sr__wake(t, UV_ETIMEDOUT);
   }
@@ -178,7 +176,7 @@ static void sr_task_wake(sr_task *t, int status, int later) {
     return;
   }
   t->state = SR_TASK_RUNNING;
-  sr_task_continue(t);
+  sr_task_resume(t, NULL, 0);
 }
 
 void sr__wake(sr_task *t, int status) { sr_task_wake(t, status, 0); }
@@ -292,60 +290,53 @@ static void sr_task_failed(sr_task *t) {
   t->co = NULL;      /* nothing uses it from here on */
 }
 
+/*
+** Run t until it blocks, yields or ends: its first run, from L with nargs
+** arguments on its stack, or (from NULL) its return from a wait. Then its
+** coroutine must still be suspended in that wait: one that a script
+** resumed or closed itself (coroutine.resume or coroutine.close on the
+** coroutine a task runs in) is no longer sockrun's to resume or reset, so
+** the task only ends, as cancelled, closing what it owns.
+*/
 static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
   sr_loop *lp = t->loop;
   sr_task *prev = lp->current;
   int nres, st;
-  lp->current = t;
   lp->depth++; /* until the end: finishing t wakes its joiners */
-  st = lua_resume(t->co, from, nargs, &nres);
-  lp->current = prev;
-  if (st == LUA_YIELD) {
-    if (t->state != SR_TASK_WAITING) {
-      /* A bare coroutine.yield() in a task: let others run, then go on. */
-      lua_pop(t->co, nres);
-      t->has_deadline = 0;
-      t->wake = 0;
-      t->state = SR_TASK_WAITING;
-      if (sr_task_arm(t, 0) < 0) t->state = SR_TASK_RUNNING;
-    } /* else it waits in sr__wait */
-  } else {
-    if (st == LUA_OK) {
-      t->state = SR_TASK_DONE;
-      t->nres = nres;
-    } else {
-      sr_task_failed(t);
-    }
+  if (from == NULL && lua_status(t->co) != LUA_YIELD) {
+    fprintf(stderr,
+            "sockrun: a task's coroutine was resumed or closed outside "
+            "sockrun; the task is cancelled\n");
+    t->state = SR_TASK_CANCELLED;
+    t->nres = 0;
     sr_task_finish(t);
+  } else {
+    lp->current = t;
+    st = lua_resume(t->co, from, nargs, &nres);
+    lp->current = prev;
+    if (st == LUA_YIELD) {
+      if (t->state != SR_TASK_WAITING) {
+        /* A bare coroutine.yield() in a task: let others run, then go on. */
+        lua_pop(t->co, nres);
+        t->has_deadline = 0;
+        t->wake = 0;
+        t->state = SR_TASK_WAITING;
+        if (sr_task_arm(t, 0) < 0) t->state = SR_TASK_RUNNING;
+      } /* else it waits in sr__wait */
+    } else {
+      if (st == LUA_OK) {
+        t->state = SR_TASK_DONE;
+        t->nres = nres;
+      } else {
+        sr_task_failed(t);
+      }
+      sr_task_finish(t);
+    }
   }
   /* The task blocked, yielded or ended: it has worked through what it
   ** could, so what it (or its sr.onerror hook) gathered for writing
   ** leaves now (stream.c), one write per socket. Last, because a failed
   ** flush wakes the socket's writer, which may be any task. */
-  if (lp->dirty != NULL) sr__loop_flush(lp);
-  lp->depth--;
-}
-
-/*
-** Resume a task whose wait has ended. Its coroutine must still be
-** suspended in that wait: one that a script resumed or closed itself
-** (coroutine.resume or coroutine.close on the coroutine a task runs in) is
-** no longer sockrun's to resume or reset, so the task only ends, as
-** cancelled, closing what it owns.
-*/
-static void sr_task_continue(sr_task *t) {
-  sr_loop *lp = t->loop;
-  if (lua_status(t->co) == LUA_YIELD) {
-    sr_task_resume(t, NULL, 0);
-    return;
-  }
-  fprintf(stderr,
-          "sockrun: a task's coroutine was resumed or closed outside "
-          "sockrun; the task is cancelled\n");
-  t->state = SR_TASK_CANCELLED;
-  t->nres = 0;
-  lp->depth++; /* its joiners' wakes nest here too */
-  sr_task_finish(t);
   if (lp->dirty != NULL) sr__loop_flush(lp);
   lp->depth--;
 }
