@@ -645,6 +645,28 @@ describe("s:getsockname and s:getpeername", function()
     a:close()
   end)
 
+  -- sockrun writes IPv4 addresses itself: every width of byte, and zero
+  it("report an IPv4 peer whose bytes have one, two and three digits",
+    function()
+      local l = assert(sr.socket("inet", "stream"))
+      assert(l:bind("127.0.0.1", 0))
+      assert(l:listen())
+      local _, port = l:getsockname()
+      for _, host in ipairs { "127.10.200.3", "127.255.0.99", "127.1.2.250" } do
+        local c = assert(sr.socket("inet", "stream"))
+        assert(c:bind(host, 0))
+        assert(c:connect("127.0.0.1", port))
+        local a, ahost, aport = assert(l:accept())
+        assert.equal(host, ahost)
+        assert.equal(select(2, c:getsockname()), aport)
+        assert.equal(host, (a:getpeername()))
+        assert.equal(host, (c:getsockname()))
+        a:close()
+        c:close()
+      end
+      l:close()
+    end)
+
   it("getpeername fails with ENOTCONN on an unconnected socket",
     on_socket(function(s)
       H.assert_fail("ENOTCONN", s:getpeername())

@@ -223,7 +223,9 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
   int err = 0, inited = 0; /* inited: handle registered, even if err */
   b->tag = sr_socket_tag;
   *ud = NULL;
-  luaL_setmetatable(L, SR_SOCKET_MT);
+  /* the metatable by its address key: by name costs a string lookup */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, sr_socket_tag);
+  lua_setmetatable(L, -2);
   s = calloc(1, sr_socket_size(kind));
   if (s == NULL) {
     *errp = UV_ENOMEM;
@@ -928,6 +930,8 @@ static const struct {
 void sr__socket_open(lua_State *L, sr_loop *lp) {
   int i;
   luaL_newmetatable(L, SR_SOCKET_MT);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, sr_socket_tag);
   lua_newtable(L);
   sr__setfuncs(L, sr_socket_methods, lp);
   /* read gets the strings it returns most often as upvalues (stream.c) */

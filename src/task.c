@@ -341,6 +341,11 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
   lp->depth--;
 }
 
+/* The task metatable is also in the registry under this address: a task
+** per connection sets it, and a light userdata key is a cheaper lookup
+** than the name. */
+static const char sr_task_mt_key = 0;
+
 static sr_task *sr_check_task(lua_State *L, int arg) {
   return luaL_checkudata(L, arg, SR_TASK_MT);
 }
@@ -356,7 +361,8 @@ static sr_task *sr_task_new(lua_State *L, sr_loop *lp, int nuv) {
   t->loop = lp;
   t->ref = LUA_NOREF;
   t->state = SR_TASK_RUNNING;
-  luaL_setmetatable(L, SR_TASK_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sr_task_mt_key);
+  lua_setmetatable(L, -2);
   co = lua_newthread(L);
   lua_setiuservalue(L, -2, SR_TASK_UV_THREAD);
   t->co = co;
@@ -587,6 +593,8 @@ static const luaL_Reg sr_task_funcs[] = {{"spawn", sr__spawn},
 ** At lua_close the loop's teardown closes their timers. */
 void sr__task_open(lua_State *L, sr_loop *lp) {
   luaL_newmetatable(L, SR_TASK_MT);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &sr_task_mt_key);
   lua_newtable(L);
   sr__setfuncs(L, sr_task_methods, lp);
   lua_setfield(L, -2, "__index");

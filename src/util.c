@@ -184,13 +184,29 @@ socklen_t sr__check_unaddr(lua_State *L, int arg, struct sockaddr_storage *ss) {
 }
 
 /* Push host, port (2 values) or a unix path (1 value). */
+/* The dotted quad of an IPv4 address, as inet_ntop writes it; here because
+** glibc's goes through sprintf, which cost a server about a tenth of the
+** work it does per accepted connection. Returns the length. */
+static size_t sr_format_ipv4(const struct in_addr *a, char *out) {
+  const unsigned char *b = (const unsigned char *)&a->s_addr;
+  char *p = out;
+  int i;
+  for (i = 0; i < 4; i++) {
+    unsigned v = b[i];
+    if (i > 0) *p++ = '.';
+    if (v >= 100) *p++ = (char)('0' + v / 100);
+    if (v >= 10) *p++ = (char)('0' + v / 10 % 10);
+    *p++ = (char)('0' + v % 10);
+  }
+  return (size_t)(p - out);
+}
+
 int sr__push_addr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
   char host[INET6_ADDRSTRLEN];
   switch (sa->sa_family) {
     case AF_INET: {
       const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
-      inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host);
-      lua_pushstring(L, host);
+      lua_pushlstring(L, host, sr_format_ipv4(&sin->sin_addr, host));
       lua_pushinteger(L, ntohs(sin->sin_port));
       return 2;
     }
