@@ -278,10 +278,10 @@ function M.shutdown(grace)
   if shutting_down then return core.stop() end
   shutting_down = true
   for server in pairs(servers) do server:close() end
-  local running = {}
-  for _, t in ipairs(handlers()) do
-    if t:status() == "waiting" then running[#running + 1] = t end
-  end
+  -- every handler not ended, the one calling this too: it is joined from
+  -- the task below, and its connection (closed as it returns) is then
+  -- waited for like the others
+  local running = handlers()
   spawn(function()
     local deadline = core.now() + grace
     for _, t in ipairs(running) do
