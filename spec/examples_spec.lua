@@ -335,6 +335,9 @@ for _ in range(10):
         ok = True
         break
 print("B got C", ok)
+a.settimeout(20)                    # a was dropped: its connection ends
+while a.recv(1 << 16):
+    pass
 e = connect()
 print(e.makefile("rb").readline().decode().endswith("(3 here)\n"))
 for s in (a, b, c, e):
