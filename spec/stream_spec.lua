@@ -458,6 +458,54 @@ end
 
 -- ------------------------------------------------------------------------
 
+describe("the first read of an accepted connection", function()
+  -- It reads what the client sent before the accept at once, into the
+  -- loop's read buffer, which the handler then reads in place.
+  it("keeps what it left unread while other connections' bytes arrive",
+    function()
+      local l = assert(sr.socket("inet", "stream"))
+      assert(l:bind("127.0.0.1", 0))
+      assert(l:listen())
+      local _, port = l:getsockname()
+      local c2 = assert(sr.connect("127.0.0.1", port))
+      local a2 = assert(l:accept())
+      local other = sr.spawn(function() return a2:read("l") end) -- waits
+      local c1 = assert(sr.connect("127.0.0.1", port))
+      assert(c1:write("first\nsecond-part"))
+      sr.sleep(0.03) -- those bytes are there before the accept
+      local a1 = assert(l:accept())
+      local t = sr.spawn(function()
+        local first = a1:read("l") -- "second-part" left in the buffer
+        sr.sleep(0.15)             -- while the other connection reads
+        return first, a1:read("l")
+      end)
+      assert(c2:write(string.rep("y", 5000) .. "\n"))
+      assert.equal(string.rep("y", 5000), other:join(5))
+      assert(c1:write("-rest\n"))
+      local first, second = t:join(5)
+      assert.equal("first", first)
+      assert.equal("second-part-rest", second)
+      for _, s in ipairs { l, c1, c2, a1, a2 } do s:close() end
+    end)
+
+  it("reports the end of a connection closed before any read", function()
+    local res
+    local srv = assert(sr.listen("127.0.0.1", 0, function(conn)
+      sr.sleep(0.05) -- the client has sent its bytes and closed
+      local line = conn:read("l")
+      res = { line, select(3, conn:read("l")) }
+    end))
+    local c = assert(sr.connect("127.0.0.1", select(2, srv:getsockname())))
+    assert(c:write("last line\n"))
+    c:close()
+    H.wait_for(function() return res ~= nil end)
+    assert.same({ "last line", "EOF" }, res)
+    srv:close()
+  end)
+end)
+
+-- ------------------------------------------------------------------------
+
 describe("s:lines", function()
   it("iterates over lines until end of file", on_pair("tcp", function(c, a)
     a:write("a\nb\r\n\nlast")

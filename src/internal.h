@@ -169,6 +169,7 @@ struct sr_socket {
   unsigned borrowed : 1;  /* buf is the loop's read buffer, lent */
   unsigned dirty : 1;     /* on the loop's dirty list */
   unsigned flushing : 1;  /* closed, its queued writes still going out */
+  unsigned read_now : 1;  /* accepted, not read yet (sr_stream_read_now) */
   union {                 /* last: see above */
     uv_handle_t handle;
     uv_stream_t stream;

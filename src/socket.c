@@ -25,6 +25,7 @@
 void sr__socket_close_cb(uv_handle_t *h) {
   sr_socket *s = h->data;
   s->loop->nsockets--;
+  if (s->loop->lent == s) s->loop->lent = NULL;
   if (!s->borrowed) free(s->buf);
   free(s->wbuf);
   free(s->path);
@@ -596,6 +597,7 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
       }
       uv_fileno(&c->h.handle, &c->fd);
       c->connected = 1;
+      c->read_now = 1;
       if (getpeername(c->fd, (struct sockaddr *)&ss, (socklen_t *)&len) < 0) {
         lua_pushnil(L);
         return 2;

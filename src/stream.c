@@ -8,9 +8,11 @@
 */
 
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -27,6 +29,7 @@ static void sr_stream_alloc_cb(uv_handle_t *h, size_t suggested,
                                uv_buf_t *buf) {
   sr_socket *s = h->data;
   (void)suggested;
+  sr__stream_reclaim(s->loop); /* lent by sr_stream_read_now, say */
   buf->base = s->loop->rbuf;
   buf->len = sizeof s->loop->rbuf;
 }
@@ -97,21 +100,21 @@ static void sr_stream_stop(sr_socket *s) {
   }
 }
 
-static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
-                              const uv_buf_t *buf) {
-  sr_socket *s = stream->data;
+/* nread bytes (or EOF, or an error) read into the loop's buffer, for the
+** reader of s, which is about to run (lend: it may read them in place). */
+static void sr_stream_received(sr_socket *s, ssize_t nread, int lend) {
   int err;
-  if (nread > 0 && s->len == 0 && s->reader != NULL) {
-    /* Zero copy: the waiting reader, resumed below, reads straight from
-    ** the loop's buffer; it usually takes everything (a request, a block)
-    ** so nothing is copied. What it leaves is copied after it yields. */
-    s->buf = buf->base;
+  if (nread > 0 && s->len == 0 && lend) {
+    /* Zero copy: the reader reads straight from the loop's buffer; it
+    ** usually takes everything (a request, a block) so nothing is copied.
+    ** What it leaves is copied before the buffer is filled again. */
+    s->buf = s->loop->rbuf;
     s->off = s->scanned = s->cap = 0;
     s->len = (uint32_t)nread;
     s->borrowed = 1;
     s->loop->lent = s;
   } else if (nread > 0) {
-    if ((err = sr__stream_append(s, buf->base, (size_t)nread)) < 0) {
+    if ((err = sr__stream_append(s, s->loop->rbuf, (size_t)nread)) < 0) {
       s->rerr = err;
       sr_stream_stop(s);
     }
@@ -130,6 +133,13 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
       s->rerr = (int16_t)nread;
     sr_stream_stop(s);
   }
+}
+
+static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
+                              const uv_buf_t *buf) {
+  sr_socket *s = stream->data;
+  (void)buf; /* the loop's read buffer */
+  sr_stream_received(s, nread, s->reader != NULL);
   /* Flow control: with no reader waiting, stop taking more than a bounded
   ** amount from the kernel; a reader waiting resumes it. */
   if (s->reader == NULL && s->len >= SR_READ_HIGH_WATER) sr_stream_stop(s);
@@ -154,6 +164,26 @@ void sr__stream_reclaim(sr_loop *lp) {
   }
 }
 
+/*
+** A connection just accepted usually has its first request waiting
+** already: read it at once, rather than watch the descriptor and come
+** back after a turn of the loop. A server that answers and closes then
+** never registers the connection with the poller at all. Returns whether
+** the read brought anything (bytes, EOF or an error).
+*/
+static int sr_stream_read_now(sr_socket *s) {
+  ssize_t n;
+  s->read_now = 0;
+  if (s->reading || s->eof || s->rerr != 0) return 0;
+  sr__stream_reclaim(s->loop); /* another reader may have the buffer */
+  do
+    n = read(s->fd, s->loop->rbuf, sizeof s->loop->rbuf);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+  sr_stream_received(s, n < 0 ? -errno : n == 0 ? UV_EOF : n, 1);
+  return 1;
+}
+
 /* Start reading in the background, if not already and not at EOF. */
 void sr__stream_start(sr_socket *s) {
   if (!s->reading && !s->eof && s->rerr == 0) {
@@ -170,6 +200,7 @@ void sr__stream_start(sr_socket *s) {
 void sr__stream_release(sr_socket *s) {
   sr__stream_flush(s); /* gathered bytes still go, as queued ones do */
   sr_stream_stop(s);
+  if (s->loop->lent == s) s->loop->lent = NULL;
   if (!s->borrowed) free(s->buf);
   s->borrowed = 0;
   s->buf = NULL;
@@ -434,6 +465,7 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
     while ((n = sr__stream_try_read(L, s, fmt, count, keep)) == 0) {
       if (!fresh && sr__timedout(s->loop))
         return done + sr__fail(L, UV_ETIMEDOUT);
+      if (s->read_now && sr_stream_read_now(s)) continue;
       sr__stream_start(s);
       if (s->rerr != 0) continue; /* could not start: report it */
       sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, done,
