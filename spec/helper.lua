@@ -150,6 +150,17 @@ function H.echo_server(host)
   end, host)
 end
 
+--- A raw TCP socket listening on 127.0.0.1 and a free port, for a test that
+-- accepts by itself; closed when the test ends. Returns socket, port.
+function H.listener()
+  local l = assert(sr.socket("inet", "stream"))
+  H.defer(function() l:close() end)
+  assert(l:bind("127.0.0.1", 0))
+  assert(l:listen())
+  local _, port = l:getsockname()
+  return l, port
+end
+
 --- A client connected to 127.0.0.1:port, closed when the test ends.
 function H.connect(port)
   local c = assert(sr.connect("127.0.0.1", port))
@@ -205,10 +216,8 @@ function H.pair(kind)
     c = assert(sr.socket("unix", "stream"))
     assert(c:connect(path))
   else
-    l = assert(sr.socket("inet", "stream"))
-    assert(l:bind("127.0.0.1", 0))
-    assert(l:listen())
-    local _, port = l:getsockname()
+    local port
+    l, port = H.listener()
     c = assert(sr.socket("inet", "stream"))
     assert(c:connect("127.0.0.1", port))
   end

@@ -648,10 +648,7 @@ describe("s:getsockname and s:getpeername", function()
   -- sockrun writes IPv4 addresses itself: every width of byte, and zero
   it("report an IPv4 peer whose bytes have one, two and three digits",
     function()
-      local l = assert(sr.socket("inet", "stream"))
-      assert(l:bind("127.0.0.1", 0))
-      assert(l:listen())
-      local _, port = l:getsockname()
+      local l, port = H.listener()
       for _, host in ipairs { "127.10.200.3", "127.255.0.99", "127.1.2.250" } do
         local c = assert(sr.socket("inet", "stream"))
         assert(c:bind(host, 0))
@@ -664,7 +661,6 @@ describe("s:getsockname and s:getpeername", function()
         a:close()
         c:close()
       end
-      l:close()
     end)
 
   it("getpeername fails with ENOTCONN on an unconnected socket",

@@ -463,10 +463,7 @@ describe("the first read of an accepted connection", function()
   -- loop's read buffer, which the handler then reads in place.
   it("keeps what it left unread while other connections' bytes arrive",
     function()
-      local l = assert(sr.socket("inet", "stream"))
-      assert(l:bind("127.0.0.1", 0))
-      assert(l:listen())
-      local _, port = l:getsockname()
+      local l, port = H.listener()
       local c2 = assert(sr.connect("127.0.0.1", port))
       local a2 = assert(l:accept())
       local other = sr.spawn(function() return a2:read("l") end) -- waits
@@ -485,7 +482,7 @@ describe("the first read of an accepted connection", function()
       local first, second = t:join(5)
       assert.equal("first", first)
       assert.equal("second-part-rest", second)
-      for _, s in ipairs { l, c1, c2, a1, a2 } do s:close() end
+      for _, s in ipairs { c1, c2, a1, a2 } do s:close() end
     end)
 
   it("reports the end of a connection closed before any read", function()
