@@ -4,7 +4,7 @@
 # else the machine is doing (rates on a shared 2-core VM vary by 20-50%).
 # It does not count the kernel's share (syscalls, copies): make bench
 # measures that. `make bench-instr`; settings: INSTR_REQUESTS [20000],
-# INSTR_SERVERS [c sockrun luv redis], INSTR_ONLY [W1 W3 W4], SOCKRUN and
+# INSTR_SERVERS [c sockrun luv redis], INSTR_ONLY [W1 W2 W3 W4], SOCKRUN and
 # SOCKRUN_SCRIPTS [bench/sockrun]; INSTR_BASE (an earlier sockrun build,
 # measured as server "base") and INSTR_BASE_SCRIPTS [bench/sockrun] (its
 # scripts); INSTR_OUT [bench/instructions.md].
@@ -22,7 +22,7 @@ N=${INSTR_REQUESTS:-20000}
 BASE=${INSTR_BASE:-}
 BASE_SCRIPTS=${INSTR_BASE_SCRIPTS:-bench/sockrun}
 SERVERS=${INSTR_SERVERS:-c sockrun${BASE:+ base} luv redis}
-ONLY=${INSTR_ONLY:-W1 W3 W4}
+ONLY=${INSTR_ONLY:-W1 W2 W3 W4}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -50,6 +50,11 @@ load() {
         "$n" > "$TMP/stop.lua"
       timeout 120 wrk -t1 -c64 -d60s -s "$TMP/stop.lua" "http://127.0.0.1:$3/" \
         | awk '/requests in/ {print $1}' ;;
+    W2)
+      printf 'local n, max = 0, %d\nfunction response() n = n + 1; if n >= max then wrk.thread:stop() end end\n' \
+        "$n" > "$TMP/stop.lua"
+      timeout 120 wrk -t1 -c64 -d60s -H "Connection: close" -s "$TMP/stop.lua" \
+        "http://127.0.0.1:$3/" | awk '/requests in/ {print $1}' ;;
     W3)
       timeout 120 "$BIN/echoload" -p "$3" -c 64 -s 64 -n "$n" -d 60 -w 0 \
         | sed -n 's/.*roundtrips=\([0-9]*\).*/\1/p' ;;
@@ -59,7 +64,7 @@ load() {
   esac
 }
 
-kind_of() { case $1 in W1) echo http ;; W3) echo echo ;; W4) echo resp ;; esac; }
+kind_of() { case $1 in W1|W2) echo http ;; W3) echo echo ;; W4) echo resp ;; esac; }
 
 # Instructions per request of server $1 on workload $2, or "-".
 measure() {
@@ -98,7 +103,8 @@ echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "- sockrun: $("$SOCKRUN" -v 2>&1 | head -1), commit $(git rev-parse --short HEAD 2>/dev/null)"
 echo "- $(valgrind --version), $N requests per measurement after $((N / 10)) of warm-up"
-echo "- W1: wrk -t1 -c64, HTTP keep-alive; W3: echoload -c 64 -s 64 (round trips);"
+echo "- W1: wrk -t1 -c64, HTTP keep-alive; W2: the same with Connection: close (a"
+echo "  connection per request); W3: echoload -c 64 -s 64 (round trips);"
 echo "  W4: redis-benchmark -t ping,set,get -c 50 -P 16 (commands)"
 echo
 echo "| workload | server | instructions per request | x C |"

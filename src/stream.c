@@ -29,7 +29,8 @@ static void sr_stream_alloc_cb(uv_handle_t *h, size_t suggested,
                                uv_buf_t *buf) {
   sr_socket *s = h->data;
   (void)suggested;
-  sr__stream_reclaim(s->loop); /* lent by sr_stream_read_now, say */
+  if (s->loop->lent != NULL) /* lent by sr_stream_read_now, say */
+    sr__stream_reclaim(s->loop);
   buf->base = s->loop->rbuf;
   buf->len = sizeof s->loop->rbuf;
 }
@@ -102,7 +103,8 @@ static void sr_stream_stop(sr_socket *s) {
 
 /* nread bytes (or EOF, or an error) read into the loop's buffer, for the
 ** reader of s, which is about to run (lend: it may read them in place). */
-static void sr_stream_received(sr_socket *s, ssize_t nread, int lend) {
+static inline __attribute__((always_inline)) void
+sr_stream_received(sr_socket *s, ssize_t nread, int lend) {
   int err;
   if (nread > 0 && s->len == 0 && lend) {
     /* Zero copy: the reader reads straight from the loop's buffer; it

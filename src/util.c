@@ -183,7 +183,6 @@ socklen_t sr__check_unaddr(lua_State *L, int arg, struct sockaddr_storage *ss) {
   return sizeof *sun;
 }
 
-/* Push host, port (2 values) or a unix path (1 value). */
 /* The dotted quad of an IPv4 address, as inet_ntop writes it; here because
 ** glibc's goes through sprintf, which cost a server about a tenth of the
 ** work it does per accepted connection. Returns the length. */
@@ -201,6 +200,7 @@ static size_t sr_format_ipv4(const struct in_addr *a, char *out) {
   return (size_t)(p - out);
 }
 
+/* Push host, port (2 values) or a unix path (1 value). */
 int sr__push_addr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
   char host[INET6_ADDRSTRLEN];
   switch (sa->sa_family) {
