@@ -25,6 +25,8 @@
 void sr__socket_close_cb(uv_handle_t *h) {
   sr_socket *s = h->data;
   s->loop->nsockets--;
+  /* the loop's read buffer may still be lent to it (stream.c): a released
+  ** socket has nothing there to reclaim, and its memory goes now */
   if (s->loop->lent == s) s->loop->lent = NULL;
   if (!s->borrowed) free(s->buf);
   free(s->wbuf);

@@ -170,13 +170,14 @@ void sr__stream_reclaim(sr_loop *lp) {
 ** A connection just accepted usually has its first request waiting
 ** already: read it at once, rather than watch the descriptor and come
 ** back after a turn of the loop. A server that answers and closes then
-** never registers the connection with the poller at all. Returns whether
-** the read brought anything (bytes, EOF or an error).
+** never registers the connection with the poller at all. Called by the
+** first read that found nothing buffered, so the socket is neither at EOF
+** nor reading in the background yet. Returns whether the read brought
+** anything (bytes, EOF or an error).
 */
 static int sr_stream_read_now(sr_socket *s) {
   ssize_t n;
   s->read_now = 0;
-  if (s->reading || s->eof || s->rerr != 0) return 0;
   sr__stream_reclaim(s->loop); /* another reader may have the buffer */
   do
     n = read(s->fd, s->loop->rbuf, sizeof s->loop->rbuf);
@@ -202,7 +203,6 @@ void sr__stream_start(sr_socket *s) {
 void sr__stream_release(sr_socket *s) {
   sr__stream_flush(s); /* gathered bytes still go, as queued ones do */
   sr_stream_stop(s);
-  if (s->loop->lent == s) s->loop->lent = NULL;
   if (!s->borrowed) free(s->buf);
   s->borrowed = 0;
   s->buf = NULL;
