@@ -297,6 +297,28 @@ describe("the process", function()
     ]]))
   end)
 
+  it("serves and exits 0 when started with stdin, stdout and stderr closed", function()
+    -- libuv aborts closing a descriptor below 3: none may land there.
+    local result = H.tmppath("closed-stdio")
+    local path = script([[
+      local sr = require "sockrun"
+      local srv = assert(sr.listen("127.0.0.1", 0, function(c)
+        c:write(c:read("l"), "\n")
+      end))
+      local c = assert(sr.connect("127.0.0.1", select(2, srv:getsockname())))
+      local got = c:write("hello\n"):read("l")
+      c:close()
+      srv:close()
+      local f = assert(io.open(arg[1], "w"))
+      f:write(got)
+      f:close()
+    ]])
+    local _, code = H.sh(string.format("timeout 10 %s %s %s <&- >&- 2>&-",
+      H.q(H.sockrun), H.q(path), H.q(result)))
+    assert.equal(0, code)
+    assert.equal("hello", H.slurp(result))
+  end)
+
   it("outlives the main chunk while a task still serves", function()
     assert_prints("main chunk ends\nhi there\n", H.run_script([[
       local sr = require "sockrun"

@@ -5,6 +5,8 @@
 ** for it, and tearing it down when the Lua state closes.
 */
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +215,23 @@ static const luaL_Reg sr_loop_funcs[] = {
     {"counts", sr_counts},
     {NULL, NULL}};
 
+/*
+** libuv aborts rather than close a descriptor below 3 (it takes one for
+** stdin, stdout or stderr). A process started with one of them closed
+** would hand the lowest free number to the loop's epoll descriptor or to
+** a socket, and die at its close: keep them taken by /dev/null, as a
+** daemon does.
+*/
+static void sr_keep_stdio_taken(void) {
+  int fd;
+  for (fd = 0; fd <= 2; fd++) {
+    int got;
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    got = open("/dev/null", O_RDWR); /* the lowest free number: fd */
+    if (got > 2) close(got);         /* not ours to fill after all */
+  }
+}
+
 /* The loop of this Lua state: made once, kept in the registry. */
 static sr_loop *sr_loop_get(lua_State *L) {
   sr_loop **ud, *lp;
@@ -231,6 +250,7 @@ static sr_loop *sr_loop_get(lua_State *L) {
   lua_setmetatable(L, -2);
   lp = calloc(1, sizeof *lp);
   if (lp == NULL) luaL_error(L, "not enough memory");
+  sr_keep_stdio_taken();
   if (uv_loop_init(&lp->uv) < 0) {
     free(lp);
     luaL_error(L, "cannot initialise the event loop");
