@@ -584,6 +584,8 @@ local function run_tty(input)
     if not data then break end
     feed((ed.partial or "") .. data)
   end
+  -- input closed under the prompt (sr.stop(), a signal): leave its line
+  if not quit then raw_write(stdout, "\r\n") end
   editor = nil
   core.ttymode(input, "normal")
 end
