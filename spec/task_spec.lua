@@ -437,7 +437,23 @@ describe("sr.current", function()
   end)
 end)
 
+-- For waits in a task, where the loop has not polled since the task began:
+-- the time a script spent computing must not shorten a wait it starts.
+local function compute(seconds)
+  local t0 = os.clock()
+  while os.clock() - t0 < seconds do end
+end
+
 describe("sr.sleep", function()
+  it("lasts its time from the call, however long the task computed before", function()
+    H.in_task(function()
+      local other = sr.spawn(function() sr.sleep(0.2) end)
+      compute(0.15)
+      sr.sleep(0.1) -- ends 0.25 s after other began its 0.2 s
+      assert.equal("done", other:status())
+    end)
+  end)
+
   it("returns true at top level and in a task", function()
     assert.is_true(sr.sleep(0.01))
     assert.is_true(sr.sleep(0))
@@ -476,6 +492,21 @@ describe("sr.sleep", function()
     end)
     assert.is_true(wait_until(function() return ticks == 3 end))
     t:join()
+  end)
+end)
+
+
+describe("a socket timeout", function()
+  it("bounds a read from the call, however long the task computed before", function()
+    H.in_task(function()
+      local srv, port = H.echo_server()
+      local c = H.connect(port)
+      c:settimeout(0.1)
+      assert.equal("ping", c:write("ping\n"):read("l"))
+      compute(0.15)
+      assert.equal("pong", c:write("pong\n"):read("l"))
+      c:close(); srv:close()
+    end)
   end)
 end)
 
@@ -592,6 +623,61 @@ describe("coroutine.yield inside a task", function()
     assert.equal("a", a:join())
     assert.equal("b", b:join())
     assert.same({ "a1", "b1", "a2", "b2", "a3", "b3" }, order)
+  end)
+
+  -- A task that yields (or sleeps 0, or polls with a zero timeout) in a
+  -- loop must still let the loop poll: timers fire, data arrives.
+  local function spins_until(step, cond)
+    local n = 0
+    while not cond() and n < 200000 do
+      n = n + 1
+      step()
+    end
+    return cond()
+  end
+
+  it("in a loop, lets timers fire and I/O arrive meanwhile", function()
+    H.in_task(function()
+      local fired = false
+      sr.spawn(function() sr.sleep(0.01); fired = true end)
+      assert.is_true(spins_until(coroutine.yield, function() return fired end))
+      local a, b = H.pair()
+      sr.spawn(function() sr.sleep(0.01); a:write("x") end)
+      local got
+      sr.spawn(function() got = b:read(1) end)
+      assert.is_true(spins_until(coroutine.yield, function() return got == "x" end))
+      a:close(); b:close()
+    end)
+  end)
+end)
+
+describe("a zero-delay wait in a loop", function()
+  it("sr.sleep(0) lets timers fire meanwhile", function()
+    H.in_task(function()
+      local fired = false
+      sr.spawn(function() sr.sleep(0.01); fired = true end)
+      local n = 0
+      while not fired and n < 200000 do
+        n = n + 1
+        sr.sleep(0)
+      end
+      assert.is_true(fired)
+    end)
+  end)
+
+  it("a read with a zero timeout, polled, gets the data once it comes", function()
+    H.in_task(function()
+      local a, b = H.pair()
+      sr.spawn(function() sr.sleep(0.01); a:write("hello\n") end)
+      b:settimeout(0)
+      local n, line = 0, nil
+      repeat
+        n = n + 1
+        line = b:read("l")
+      until line or n >= 200000
+      assert.equal("hello", line)
+      a:close(); b:close()
+    end)
   end)
 end)
 

@@ -44,6 +44,7 @@
 
 typedef struct sr_loop sr_loop;
 typedef struct sr_task sr_task;
+typedef struct sr_task_timer sr_task_timer;
 typedef struct sr_socket sr_socket;
 
 /*
@@ -74,7 +75,7 @@ struct sr_task {
   sr_loop *loop;
   lua_State *co; /* the coroutine; NULL for the loop-driving one */
   void *wait_on; /* what it waits on, as waits_on says */
-  uv_timer_t *timer; /* lazily allocated; freed in its close callback */
+  sr_task_timer *timer; /* lazily allocated (task.c) */
   uint64_t deadline; /* loop time (ms) the current operation ends at */
   sr_task *joiners;     /* tasks waiting in join() for this one */
   sr_task *next_joiner; /* link in the joined task's list */
@@ -92,6 +93,7 @@ struct sr_task {
   unsigned char woken;        /* pseudo-task: the wait has ended */
   unsigned char has_deadline; /* deadline bounds the operation */
   unsigned char deferred;     /* woken, to be resumed from its timer */
+  /* (or from the ready queue, when that is due at once: task.c) */
 };
 
 struct sr_loop {
@@ -100,6 +102,10 @@ struct sr_loop {
   lua_State *R;      /* the thread that entered uv_run (runs callbacks) */
   sr_task *current;  /* the task running now, NULL outside tasks */
   sr_task main;      /* pseudo-task for blocking calls outside tasks */
+  /* Tasks due to go on at the next turn of the loop (task.c): */
+  sr_task_timer *ready, **ready_tail;
+  unsigned ready_turn;
+  uv_idle_t ready_idle; /* active while any is queued */
   sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   sr_task *handlers;     /* running tasks that own a connection */
@@ -219,6 +225,7 @@ void sr__wake(sr_task *t, int status);
 void sr__wake_later(sr_task *t, int status);
 int sr__timedout(sr_loop *lp);
 void sr__task_open(lua_State *L, sr_loop *lp);
+void sr__task_loop_init(sr_loop *lp);
 int sr__spawn(lua_State *L);
 
 /* socket.c */

@@ -177,8 +177,10 @@ static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
     uv_close(h, sr__socket_close_cb);
     if (h->type == UV_POLL) close(s->fd);
   } else if (pass == 2) {
-    /* task timers and signal watchers: malloc'd, handle first */
-    uv_close(h, sr__free_close_cb);
+    /* task timers and signal watchers: malloc'd, handle first; the ready
+    ** queue's idle handle is part of the loop */
+    sr_loop *lp = h->loop->data;
+    uv_close(h, h == (uv_handle_t *)&lp->ready_idle ? NULL : sr__free_close_cb);
   }
 }
 
@@ -256,6 +258,7 @@ static sr_loop *sr_loop_get(lua_State *L) {
     luaL_error(L, "cannot initialise the event loop");
   }
   lp->uv.data = lp;
+  sr__task_loop_init(lp);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   lp->L = lua_tothread(L, -1);
   lua_pop(L, 1);

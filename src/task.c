@@ -32,6 +32,23 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 ** timer instead, so that such a chain cannot overflow the C stack. */
 #define SR_WAKE_DEPTH 32
 
+/*
+** A task's timer, allocated on first use, so that a task that never
+** sleeps or times out costs none. A wait due at once (a bare yield, a wake
+** passed on to the next turn, a timeout already up) goes to the loop's
+** ready queue instead: libuv 1.44 runs a timer armed for 0 ms from a timer
+** callback in the same pass, so a task yielding in a loop would run on and
+** on without the loop ever polling for I/O. The queue runs from an idle
+** handle (which also keeps the poll from blocking) once a turn, the tasks
+** queued before the turn began: one that queues itself again goes on at
+** the next turn, after the loop has polled.
+*/
+struct sr_task_timer {
+  uv_timer_t uv; /* first: freed as the handle, by sr__free_close_cb */
+  struct sr_task_timer *next, **pprev; /* in lp->ready; pprev NULL if not */
+  unsigned turn; /* the ready_turn it was queued in */
+};
+
 static void sr_task_timer_cb(uv_timer_t *timer) {
   sr_task *t = timer->data;
   if (t == NULL) return;
@@ -44,22 +61,74 @@ static void sr_task_timer_cb(uv_timer_t *timer) {
   }
 }
 
-/* Start the task's timer; its memory is allocated on first use only, so a
-** task that never sleeps or times out costs no timer handle. */
-static int sr_task_arm(sr_task *t, uint64_t ms) {
-  if (t->timer == NULL) {
-    t->timer = malloc(sizeof *t->timer);
-    if (t->timer == NULL) return UV_ENOMEM;
-    uv_timer_init(&t->loop->uv, t->timer);
-    t->timer->data = t;
+static void sr_ready_remove(sr_loop *lp, sr_task_timer *tt) {
+  if (tt->pprev == NULL) return;
+  if (tt->next != NULL)
+    tt->next->pprev = tt->pprev;
+  else
+    lp->ready_tail = tt->pprev;
+  *tt->pprev = tt->next;
+  tt->pprev = NULL;
+  if (lp->ready == NULL) uv_idle_stop(&lp->ready_idle);
+}
+
+static void sr_ready_cb(uv_idle_t *idle) {
+  sr_loop *lp = idle->data;
+  unsigned turn = ++lp->ready_turn;
+  sr_task_timer *tt;
+  while ((tt = lp->ready) != NULL && tt->turn != turn) {
+    sr_ready_remove(lp, tt);
+    sr_task_timer_cb(&tt->uv);
   }
-  return uv_timer_start(t->timer, sr_task_timer_cb, ms, 0);
+}
+
+void sr__task_loop_init(sr_loop *lp) {
+  lp->ready = NULL;
+  lp->ready_tail = &lp->ready;
+  uv_idle_init(&lp->uv, &lp->ready_idle);
+  lp->ready_idle.data = lp;
+}
+
+/* Have t's wait end in ms milliseconds: from its timer, or when due at
+** once from the ready queue, at the end of the queue. */
+static int sr_task_arm(sr_task *t, uint64_t ms) {
+  sr_loop *lp = t->loop;
+  sr_task_timer *tt = t->timer;
+  if (tt == NULL) {
+    if ((tt = malloc(sizeof *tt)) == NULL) return UV_ENOMEM;
+    uv_timer_init(&lp->uv, &tt->uv);
+    tt->uv.data = t;
+    tt->pprev = NULL;
+    t->timer = tt;
+  }
+  if (ms > 0) {
+    sr_ready_remove(lp, tt);
+    return uv_timer_start(&tt->uv, sr_task_timer_cb, ms, 0);
+  }
+  uv_timer_stop(&tt->uv);
+  if (tt->pprev == NULL) {
+    if (lp->ready == NULL) uv_idle_start(&lp->ready_idle, sr_ready_cb);
+    tt->next = NULL;
+    tt->pprev = lp->ready_tail;
+    *lp->ready_tail = tt;
+    lp->ready_tail = &tt->next;
+    tt->turn = lp->ready_turn;
+  }
+  return 0;
+}
+
+static void sr_task_disarm(sr_task *t) {
+  if (t->timer != NULL) {
+    uv_timer_stop(&t->timer->uv);
+    sr_ready_remove(t->loop, t->timer);
+  }
 }
 
 static void sr_task_close_timer(sr_task *t) {
   if (t->timer != NULL) {
-    t->timer->data = NULL;
-    uv_close((uv_handle_t *)t->timer, sr__free_close_cb);
+    sr_ready_remove(t->loop, t->timer);
+    t->timer->uv.data = NULL;
+    uv_close((uv_handle_t *)&t->timer->uv, sr__free_close_cb);
     t->timer = NULL;
   }
 }
@@ -77,7 +146,7 @@ static void sr_task_detach(sr_task *t) {
   t->waits_on = SR_WAIT_NONE;
   t->wait_on = NULL;
   t->deferred = 0;
-  if (t->timer != NULL) uv_timer_stop(t->timer);
+  sr_task_disarm(t);
 }
 
 /*
@@ -130,7 +199,12 @@ int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
     ** say) is none: the wait lasts until woken. */
     double ms = timeout * 1000.0 + 0.5;
     t->has_deadline = timeout >= 0 && ms < SR_FOREVER_MS;
-    if (t->has_deadline) t->deadline = uv_now(&lp->uv) + (uint64_t)ms;
+    if (t->has_deadline) {
+      /* From now, not from when the loop last polled: a script that
+      ** computed for longer than its timeout must still get it. */
+      uv_update_time(&lp->uv);
+      t->deadline = uv_now(&lp->uv) + (uint64_t)ms;
+    }
   }
   t->wake = 0;
   if (t->has_deadline) {
