@@ -473,28 +473,27 @@ describe("sockrun on a terminal", function()
     assert_recovers(t)
   end)
 
-  it("leaves the terminal as it found it after os.exit()", function()
+  -- Type the line that ends the REPL; the shell's terminal must be back
+  -- in its normal modes afterwards.
+  local function assert_terminal_restored_after(line)
     local saved = tmp("stty")
     -- what follows sockrun on the pane's command line runs after it exits
     local t = term("; stty -a > " .. q(saved))
-    t:type("os.exit(3)")
-    t:key("Enter")
-    t:wait_exit()
-    local modes = assert(slurp(saved))
-    assert.matches("[^-]icanon", modes)
-    assert.matches("[^-]echo ", modes)
-  end)
-
-  it("leaves the terminal as it found it after sr.stop() at the prompt", function()
-    local saved = tmp("stty")
-    local t = term("; stty -a > " .. q(saved))
-    t:type("sr.stop()")
+    t:type(line)
     t:key("Enter")
     t:wait_exit()
     local modes = assert(slurp(saved))
     assert.matches("[^-]icanon", modes)
     assert.matches("[^-]echo ", modes)
     assert.matches("[^-]isig", modes)
+  end
+
+  it("leaves the terminal as it found it after os.exit()", function()
+    assert_terminal_restored_after("os.exit(3)")
+  end)
+
+  it("leaves the terminal as it found it after sr.stop() at the prompt", function()
+    assert_terminal_restored_after("sr.stop()")
   end)
 
   it("completes sr.li<TAB> to sr.listen", function()
