@@ -600,6 +600,37 @@ describe("s:write", function()
       assert.equal(c, c:write())
     end))
 
+  it("returns the socket and sends nothing for empty strings, in a task too",
+    on_pair("unix", function(c, a)
+      assert.equal(c, c:write(""))
+      H.in_task(function()
+        assert.equal(c, c:write(""))
+        assert.equal(c, c:write("", "", ""))
+        assert.equal(c, c:write("", "x\n"))
+      end)
+      assert.equal("x", a:read("l"))
+    end))
+
+  it("writes more strings than fit its stack array, past the high-water mark",
+    on_pair("tcp", function(c, a)
+      local parts, want = {}, 0
+      for i = 1, 40 do
+        parts[i] = string.rep(string.char(64 + i % 26), 65536)
+        want = want + #parts[i]
+      end
+      local got = 0
+      local reader = sr.spawn(function()
+        sr.sleep(0.05) -- so that the write meets backpressure
+        while got < want do
+          local d = assert(a:read())
+          got = got + #d
+        end
+      end)
+      assert.equal(c, c:write(table.unpack(parts)))
+      reader:join(10)
+      assert.equal(want, got)
+    end))
+
   it("raises for an argument that is not a string or a number",
     on_pair("tcp", function(c, a)
       H.raises(function() return c:write({}) end, "bad argument #1 to 'write'")

@@ -581,6 +581,7 @@ int sr__stream_flush(sr_socket *s) {
 /* Gather n bytes from the arguments 2..top into s->wbuf. */
 static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
   int i, top = lua_gettop(L);
+  if (n == 0) return 0; /* write(""): there may be no buffer to copy into */
   if (s->wcap == 0 && n > 0 && n <= SR_GATHER_FIRST && s->loop->nspare > 0) {
     /* a buffer that went out whole: no malloc and free per reply */
     s->wbuf = s->loop->spare[--s->loop->nspare];
@@ -647,13 +648,12 @@ static int sr_stream_write_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* Queue bufs[0..n) (the tail of arguments first..top), anchoring the
-** strings in the registry until the write callback. */
+** strings in the registry until the write callback. The anchor is made
+** first: it may raise (out of memory), and then nothing is to be freed. */
 static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
-                           int first) {
-  sr_write_req *w = malloc(sizeof *w);
-  int i, err, top = lua_gettop(L);
-  if (w == NULL) return UV_ENOMEM;
-  w->owned = NULL;
+                           int first, int top) {
+  sr_write_req *w;
+  int i, err, anchor;
   if (first == top) {
     lua_pushvalue(L, top);
   } else {
@@ -663,7 +663,13 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
       lua_rawseti(L, -2, i - first + 1);
     }
   }
-  w->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  if ((w = malloc(sizeof *w)) == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, anchor);
+    return UV_ENOMEM;
+  }
+  w->owned = NULL;
+  w->anchor = anchor;
   err = uv_write(&w->req, &s->h.stream, bufs, (unsigned)n, sr_stream_write_cb);
   if (err < 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, w->anchor);
@@ -727,10 +733,8 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   if ((err = sr__stream_flush(s)) < 0) return sr__fail(L, err);
   nbufs = sr_stream_nbufs(L, n, total);
   if (nbufs > INT_MAX) return sr__fail(L, UV_E2BIG);
-  if (nbufs > SR_IOV_STACK) { /* uv_write copies the array: free it after */
-    bufs = malloc(sizeof(uv_buf_t) * nbufs);
-    if (bufs == NULL) return sr__fail(L, UV_ENOMEM);
-  }
+  if (nbufs > SR_IOV_STACK) /* uv_write copies the array; Lua frees it */
+    bufs = lua_newuserdatauv(L, sizeof(uv_buf_t) * nbufs, 0);
   total = 0;
   for (i = 0, k = 0; i < nb; i++) {
     const char *p = lua_tolstring(L, i + 2, &len);
@@ -755,9 +759,11 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
     /* the strings from the first one not sent are anchored; with pieces,
     ** bufs and arguments do not line up: all of them are */
     err = sr_stream_queue(L, s, bufs + first, (int)nbufs - first,
-                          nbufs == (size_t)nb ? first + 2 : 2);
+                          nbufs == (size_t)nb ? first + 2 : 2, n);
+    /* the stream has a hole if some went out and the rest cannot follow */
+    if (err < 0 && (first > 0 || done > 0)) s->werr = err;
   }
-  if (bufs != stackbufs) free(bufs);
+  lua_settop(L, n);
   if (err < 0) {
     if (done < 0) s->werr = err;
     return sr__fail(L, err);
