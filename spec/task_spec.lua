@@ -261,6 +261,57 @@ describe("task:join", function()
 end)
 
 describe("task:cancel", function()
+  it("stops a chain of cancels 200 deep with an error, not a C stack overflow",
+    function()
+      -- each task's <close> cancels the next: every cancel nests in C
+      local n, tasks = 400, {}
+      for i = 1, n do
+        tasks[i] = sr.spawn(function()
+          local _ <close> = setmetatable({}, { __close = function()
+            if tasks[i + 1] then tasks[i + 1]:cancel() end
+          end })
+          sr.sleep(60)
+        end)
+      end
+      local _, err = H.run_script([[
+        local sr = require "sockrun"
+        local tasks = {}
+        for i = 1, 100000 do
+          tasks[i] = sr.spawn(function()
+            local _ <close> = setmetatable({}, { __close = function()
+              if tasks[i + 1] then tasks[i + 1]:cancel() end
+            end })
+            sr.sleep(60)
+          end)
+        end
+        print(tasks[1]:cancel())
+        for i = 1, #tasks do tasks[i]:cancel() end
+      ]])
+      assert.matches("nested too deeply", err)
+      assert.is_true(tasks[1]:cancel())
+      assert.equal("cancelled", tasks[200]:status())
+      assert.equal("waiting", tasks[202]:status())
+      for i = 1, n do tasks[i]:cancel() end
+      assert.equal("cancelled", tasks[n]:status())
+    end)
+
+  it("raises for a task whose coroutine a script resumed and that runs now",
+    function()
+      local co, t
+      t = sr.spawn(function()
+        co = coroutine.running()
+        sr.sleep(10)
+        -- resumed by hand, out of sockrun's wait: cancelling itself
+        return pcall(t.cancel, t)
+      end)
+      local ok, err = sr.spawn(function()
+        return select(2, coroutine.resume(co))
+      end):join()
+      assert.is_false(ok)
+      assert.matches("cannot cancel a running task", err)
+      t:cancel()
+    end)
+
   it("cancels a sleeping task, whose join gives ECANCELED", function()
     local reached = false
     local t = sr.spawn(function() sr.sleep(5); reached = true end)

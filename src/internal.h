@@ -113,6 +113,7 @@ struct sr_loop {
   int nspare;
   int running;       /* > 0 while inside uv_run */
   int depth;         /* tasks being resumed, one inside the other */
+  int cancelling;    /* cancels running, one inside the other */
   int stopped;       /* sr.stop() was called */
   int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
   int onerror_ref;   /* sr.onerror hook, or LUA_NOREF */

@@ -569,8 +569,14 @@ static int sr_task_join(lua_State *L) {
 ** coroutine, which runs its to-be-closed variables (so `local s <close>`
 ** sockets get closed). A running task cannot be cut from outside.
 */
+/* Cancels nested deeper than this raise instead (see sr_task_cancel). */
+#define SR_CANCEL_DEPTH 200
+
 static int sr_task_cancel(lua_State *L) {
   sr_task *t = sr_check_task(L, 1);
+  sr_loop *lp = t->loop;
+  lua_Debug ar;
+  int st;
   switch (t->state) {
     case SR_TASK_DONE:
     case SR_TASK_FAILED:
@@ -581,11 +587,27 @@ static int sr_task_cancel(lua_State *L) {
                         "or one of its callers)");
     case SR_TASK_WAITING: break;
   }
+  if (lua_status(t->co) == LUA_OK && lua_getstack(t->co, 0, &ar))
+    /* sockrun's to cancel no more: a script resumed it by hand, and it
+    ** runs now (or resumed the caller) */
+    return luaL_error(L, "cannot cancel a running task (its coroutine was "
+                         "resumed outside sockrun)");
+  /* Resetting runs the task's <close> handlers, which may cancel another
+  ** task, whose handlers may cancel a third...: each nests in C. */
+  if (lp->cancelling >= SR_CANCEL_DEPTH)
+    return luaL_error(L, "cannot cancel: cancels nested too deeply (each "
+                         "task's <close> cancelling the next, %d deep)",
+                      SR_CANCEL_DEPTH);
   sr_task_detach(t);
   t->state = SR_TASK_CANCELLED;
-  if (sr_task_reset(t) != LUA_OK) {
+  lp->cancelling++;
+  st = sr_task_reset(t);
+  lp->cancelling--;
+  if (st != LUA_OK) {
+    lua_State *co = t->co;
     fprintf(stderr, "sockrun: error closing cancelled task: %s\n",
-            lua_tostring(t->co, -1));
+            lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1)
+                                            : luaL_typename(co, -1));
   }
   lua_settop(t->co, 0);
   t->nres = 0;
