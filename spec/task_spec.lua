@@ -261,33 +261,30 @@ describe("task:join", function()
 end)
 
 describe("task:cancel", function()
+  -- n tasks, each of whose <close> cancels the next: every cancel nests in C
+  local CHAIN = [[
+    local sr, n, tasks = require "sockrun", ..., {}
+    for i = 1, n do
+      tasks[i] = sr.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function()
+          if tasks[i + 1] then tasks[i + 1]:cancel() end
+        end })
+        sr.sleep(60)
+      end)
+    end
+    return tasks
+  ]]
+
   it("stops a chain of cancels 200 deep with an error, not a C stack overflow",
     function()
-      -- each task's <close> cancels the next: every cancel nests in C
-      local n, tasks = 400, {}
-      for i = 1, n do
-        tasks[i] = sr.spawn(function()
-          local _ <close> = setmetatable({}, { __close = function()
-            if tasks[i + 1] then tasks[i + 1]:cancel() end
-          end })
-          sr.sleep(60)
-        end)
-      end
-      local _, err = H.run_script([[
-        local sr = require "sockrun"
-        local tasks = {}
-        for i = 1, 100000 do
-          tasks[i] = sr.spawn(function()
-            local _ <close> = setmetatable({}, { __close = function()
-              if tasks[i + 1] then tasks[i + 1]:cancel() end
-            end })
-            sr.sleep(60)
-          end)
-        end
-        print(tasks[1]:cancel())
+      local _, err, code = H.run_script(string.format([[
+        local tasks = assert(load(%q))(100000)
         for i = 1, #tasks do tasks[i]:cancel() end
-      ]])
+      ]], CHAIN))
+      assert.equal(0, code)
       assert.matches("nested too deeply", err)
+      local n = 400
+      local tasks = assert(load(CHAIN))(n)
       assert.is_true(tasks[1]:cancel())
       assert.equal("cancelled", tasks[200]:status())
       assert.equal("waiting", tasks[202]:status())
