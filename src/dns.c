@@ -1,7 +1,10 @@
 /*
 ** dns.c -- sr.resolve: getaddrinfo on libuv's thread pool. A wait that
 ** times out or is cancelled abandons its request, which frees itself when
-** the lookup finishes.
+** the lookup finishes. An answer handed to a waiting task is listed in the
+** loop until the task takes it: a task may end without taking it (its
+** coroutine closed by the script, the state closing), and then the
+** loop's teardown frees it.
 */
 
 #include <arpa/inet.h>
@@ -11,24 +14,42 @@
 
 #include "internal.h"
 
-typedef struct {
+struct sr_dns_req {
   uv_getaddrinfo_t req;
   sr_task *task; /* waiting task, NULL once abandoned */
   int done, status;
   struct addrinfo *res;
-} sr_dns_req;
+  sr_dns_req *next, **pprev; /* in lp->answers, once handed to the task */
+};
+
+static void sr_dns_free(sr_dns_req *r) {
+  if (r->pprev != NULL) {
+    if (r->next != NULL) r->next->pprev = r->pprev;
+    *r->pprev = r->next;
+  }
+  uv_freeaddrinfo(r->res);
+  free(r);
+}
 
 static void sr_dns_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   sr_dns_req *r = (sr_dns_req *)req;
+  sr_loop *lp = req->loop->data;
   r->done = 1;
   r->status = status;
   r->res = res;
-  if (r->task != NULL) {
+  if (r->task != NULL && lp->L != NULL) {
+    if ((r->next = lp->answers) != NULL) r->next->pprev = &r->next;
+    r->pprev = &lp->answers;
+    lp->answers = r;
     sr__wake(r->task, 0);
   } else {
-    uv_freeaddrinfo(res);
-    free(r);
+    sr_dns_free(r);
   }
+}
+
+/* At teardown: the answers no task took. */
+void sr__dns_free_answers(sr_loop *lp) {
+  while (lp->answers != NULL) sr_dns_free(lp->answers);
 }
 
 /* The waiting task goes (task.c): the answer, when it comes, is freed. */
@@ -82,9 +103,8 @@ static int sr_resolve_k(lua_State *L, int status, lua_KContext ctx) {
     ** freed it. So the timeout is looked at first, and r only if not. */
     if (!fresh && sr__timedout(lp)) return sr__fail(L, UV_ETIMEDOUT);
     if (r->done) {
-      int n = sr_dns_push(L, r);
-      uv_freeaddrinfo(r->res);
-      free(r);
+      int n = sr_dns_push(L, r); /* may raise: r stays listed */
+      sr_dns_free(r);
       return n;
     }
     t = sr__self(L, lp);

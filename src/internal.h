@@ -45,6 +45,7 @@
 typedef struct sr_loop sr_loop;
 typedef struct sr_task sr_task;
 typedef struct sr_task_timer sr_task_timer;
+typedef struct sr_dns_req sr_dns_req;
 typedef struct sr_socket sr_socket;
 
 /*
@@ -106,6 +107,7 @@ struct sr_loop {
   sr_task_timer *ready, **ready_tail;
   unsigned ready_turn;
   uv_idle_t ready_idle; /* active while any is queued */
+  sr_dns_req *answers; /* lookups ended, not yet taken by their task */
   sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   sr_task *handlers;     /* running tasks that own a connection */
@@ -285,6 +287,7 @@ void *sr__alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 /* dns.c, signal.c */
 void sr__dns_open(lua_State *L, sr_loop *lp);
 void sr__dns_detach(sr_task *t);
+void sr__dns_free_answers(sr_loop *lp);
 /* tty.c */
 void sr__tty_open(lua_State *L, sr_loop *lp);
 int sr__tty_init(sr_socket *s, int *inited);

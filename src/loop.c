@@ -200,6 +200,7 @@ static int sr_loop_gc(lua_State *L) {
   ** let close callbacks and thread-pool lookups finish. */
   for (i = 0; i < 8 && uv_loop_close(&lp->uv) == UV_EBUSY; i++)
     uv_run(&lp->uv, UV_RUN_DEFAULT);
+  sr__dns_free_answers(lp);
   while (lp->nspare > 0) free(lp->spare[--lp->nspare]);
   if (i < 8) free(lp);
   /* else a handle we do not know is still open: leak the loop rather than
