@@ -1083,6 +1083,30 @@ io.stdout:flush()
       assert.equal("", err)
     end)
   end
+
+  it("tells a finalizer that runs after the loop's that sockrun is closed",
+    function()
+      -- an object given __gc before require "sockrun" is finalized after
+      -- the loop, at lua_close: the calls it makes must not touch freed memory
+      local path = H.tmpfile([[
+local sr, task, sock
+local late = setmetatable({}, { __gc = function()
+  print(pcall(sr.now))
+  print(pcall(task.cancel, task))
+  print(pcall(sr.spawn, print))
+  print(sock:read())
+end })
+sr = require "sockrun"
+task = sr.spawn(function() sr.sleep(60) end)
+sock = sr.udp("127.0.0.1", 0)
+]], ".lua")
+      local out, code = H.sh(string.format("timeout 20 %s %s 2>&1",
+        H.q(H.interpreter()), H.q(path)))
+      assert.equal(0, code, out)
+      local closed = "false\tsockrun is closed: the Lua state is closing\n"
+      assert.equal(closed .. closed .. closed ..
+        "nil\tsocket is closed\tEBADF\n", out)
+    end)
 end)
 
 describe("signal dispositions", function()

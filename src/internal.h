@@ -191,8 +191,12 @@ struct sr_socket {
 
 enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };
 
-/* The loop comes to every C function as upvalue 1. */
-#define sr_getloop(L) ((sr_loop *)lua_touserdata((L), lua_upvalueindex(1)))
+/* The loop comes to every C function as upvalue 1. Its memory is the
+** loop userdata's, which Lua frees only after the last finalizer: one that
+** runs after the loop's own (an object given __gc before the module was
+** loaded) finds the loop torn down, and is told so. */
+#define sr_getloop(L) sr__loop_alive((L), lua_touserdata((L), lua_upvalueindex(1)))
+sr_loop *sr__loop_alive(lua_State *L, void *lp);
 
 /* util.c */
 int sr__fail(lua_State *L, int err);

@@ -184,12 +184,17 @@ static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
   }
 }
 
+sr_loop *sr__loop_alive(lua_State *L, void *p) {
+  sr_loop *lp = p;
+  if (lp->L == NULL)
+    luaL_error(L, "sockrun is closed: the Lua state is closing");
+  return lp;
+}
+
 static int sr_loop_gc(lua_State *L) {
-  sr_loop **ud = lua_touserdata(L, 1);
-  sr_loop *lp = *ud;
+  sr_loop *lp = lua_touserdata(L, 1);
   int i, pass;
-  if (lp == NULL) return 0;
-  *ud = NULL;
+  if (lp->L == NULL) return 0;
   lp->L = NULL; /* from here on no callback may touch Lua */
   uv_tty_reset_mode(); /* a REPL may have left the terminal raw */
   pass = 1;
@@ -197,14 +202,12 @@ static int sr_loop_gc(lua_State *L) {
   pass = 2;
   uv_walk(&lp->uv, sr_teardown_walk_cb, &pass);
   /* The first run may only clear a stop flag left by sr.stop(); a few more
-  ** let close callbacks and thread-pool lookups finish. */
+  ** let close callbacks and thread-pool lookups finish. (Every handle is
+  ** ours and closed above, so the loop does close.) */
   for (i = 0; i < 8 && uv_loop_close(&lp->uv) == UV_EBUSY; i++)
     uv_run(&lp->uv, UV_RUN_DEFAULT);
   sr__dns_free_answers(lp);
   while (lp->nspare > 0) free(lp->spare[--lp->nspare]);
-  if (i < 8) free(lp);
-  /* else a handle we do not know is still open: leak the loop rather than
-  ** free memory libuv still points into */
   return 0;
 }
 
@@ -237,27 +240,19 @@ static void sr_keep_stdio_taken(void) {
 
 /* The loop of this Lua state: made once, kept in the registry. */
 static sr_loop *sr_loop_get(lua_State *L) {
-  sr_loop **ud, *lp;
+  sr_loop *lp;
   struct sigaction sa;
   if (lua_getfield(L, LUA_REGISTRYINDEX, "sockrun.loop") == LUA_TUSERDATA) {
-    lp = *(sr_loop **)lua_touserdata(L, -1);
+    lp = lua_touserdata(L, -1);
     lua_pop(L, 1);
     return lp;
   }
   lua_pop(L, 1);
-  ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = NULL;
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, sr_loop_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  lp = calloc(1, sizeof *lp);
-  if (lp == NULL) luaL_error(L, "not enough memory");
+  lp = lua_newuserdatauv(L, sizeof *lp, 0);
+  memset(lp, 0, sizeof *lp);
   sr_keep_stdio_taken();
-  if (uv_loop_init(&lp->uv) < 0) {
-    free(lp);
+  if (uv_loop_init(&lp->uv) < 0)
     luaL_error(L, "cannot initialise the event loop");
-  }
   lp->uv.data = lp;
   sr__task_loop_init(lp);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
@@ -269,7 +264,10 @@ static sr_loop *sr_loop_get(lua_State *L) {
   lp->main.state = SR_TASK_RUNNING;
   sigaction(SIGPIPE, NULL, &sa);
   lp->mask_sigpipe = sa.sa_handler == SIG_DFL;
-  *ud = lp;
+  lua_createtable(L, 0, 1); /* a __gc from here on: the loop is made */
+  lua_pushcfunction(L, sr_loop_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, "sockrun.loop");
   return lp;
 }

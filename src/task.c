@@ -421,7 +421,9 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
 static const char sr_task_mt_key = 0;
 
 static sr_task *sr_check_task(lua_State *L, int arg) {
-  return luaL_checkudata(L, arg, SR_TASK_MT);
+  sr_task *t = luaL_checkudata(L, arg, SR_TASK_MT);
+  sr__loop_alive(L, t->loop); /* its timer is gone with the loop */
+  return t;
 }
 
 /* A new task for the function at index 1 of L, with the nargs values
