@@ -278,6 +278,62 @@ describe("the main chunk", function()
       print("slept")
     ]]))
   end)
+
+  -- A script written for lua5.4 ends with sr.run(): the same file must
+  -- serve under the binary, and what follows sr.run() run after it.
+  it("may call sr.run(), which returns once no work is left", function()
+    assert_prints("hi\nrun:\ttrue\nafter\n", H.run_script([[
+      local sr = require "sockrun"
+      local srv = assert(sr.listen("127.0.0.1", 0, function(c) c:write("hi\n") end))
+      sr.spawn(function()
+        local c = assert(sr.connect("127.0.0.1", select(2, srv:getsockname())))
+        print(c:read("l"))
+        c:close()
+        srv:close()
+      end)
+      print("run:", sr.run())
+      print("after")
+    ]]))
+  end)
+
+  it("may call sr.run(fn, ...), which returns after sr.stop() drained the handlers",
+    function()
+      assert_prints("fn\t42\nreply\tlate\nrun:\ttrue\nafter\n", H.run_script([[
+        local sr = require "sockrun"
+        local srv = assert(sr.listen("127.0.0.1", 0, function(c)
+          sr.sleep(0.1)
+          c:write("late\n")
+        end))
+        local port = select(2, srv:getsockname())
+        print("run:", sr.run(function(x)
+          print("fn", x)
+          local c = assert(sr.connect("127.0.0.1", port))
+          sr.spawn(function() sr.sleep(0.02); sr.stop() end)
+          print("reply", c:read("l"))
+          c:close()
+        end, 42))
+        print("after")
+      ]]))
+    end)
+
+  it("still may not call sr.run() from another task", function()
+    assert_fails("inside a task", H.run_script([[
+      local sr = require "sockrun"
+      assert(sr.spawn(function() sr.run() end):join())
+    ]]))
+  end)
+
+  it("exits 1 with a deadlock message when it waits on what nothing can end",
+    function()
+      for _, wait in ipairs({ "sr.sleep(math.huge)",
+                              "sr.spawn(function() sr.sleep(math.huge) end):join()" }) do
+        local out, err, code = H.run_script(
+          "local sr = require 'sockrun'\n" .. wait .. "\nprint('never')\n")
+        assert.equal(1, code, err)
+        assert.equal("", out)
+        assert.matches("deadlock: the main chunk waits", err)
+      end
+    end)
 end)
 
 describe("the process", function()

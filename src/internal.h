@@ -108,6 +108,9 @@ struct sr_loop {
   unsigned ready_turn;
   uv_idle_t ready_idle; /* active while any is queued */
   sr_dns_req *answers; /* lookups ended, not yet taken by their task */
+  sr_task *binary_main; /* the binary's main chunk (main.c), or NULL */
+  sr_task *run_waiter;  /* that chunk, waiting in sr.run (loop.c) */
+  int dry;              /* the last sr.run ended for want of work */
   sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   sr_task *handlers;     /* running tasks that own a connection */

@@ -88,20 +88,50 @@ static void sr_check_can_run(lua_State *L, sr_loop *lp, const char *what) {
     luaL_error(L, "%s cannot be called from a finalizer (__gc)", what);
 }
 
-/* sr.run([fn, ...]): spawn fn if given, then run until no work is left or
+static int sr_run_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** sr.run([fn, ...]): spawn fn if given, then run until no work is left or
 ** sr.stop(). A stop asked for before the loop runs (by fn's first steps,
-** say) is kept, so sr.run returns at once. */
+** say) is kept, so sr.run returns at once. In the binary, whose loop runs
+** already, the main chunk may call it too, so that a script written for
+** lua5.4 runs unchanged: it then waits for the same two things (the outer
+** run below wakes it), and the code after it runs once they happen.
+*/
 static int sr_run(lua_State *L) {
   sr_loop *lp = sr_getloop(L);
-  sr_check_can_run(L, lp, "sr.run");
+  int in_main = lp->binary_main != NULL && lp->current == lp->binary_main &&
+                lp->current->co == L;
+  if (!in_main) sr_check_can_run(L, lp, "sr.run");
   if (!lua_isnoneornil(L, 1)) {
     lua_pushlightuserdata(L, lp);
     lua_pushcclosure(L, sr__spawn, 1);
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 0);
   }
-  while (!lp->stopped && sr__run(lp, L, UV_RUN_DEFAULT) != 0) {
+  if (in_main) {
+    sr_task *t = sr__self(L, lp);
+    lp->run_waiter = t;
+    sr__wait(L, t, -1, 1, 0, sr_run_k);
+    return sr_run_k(L, LUA_YIELD, 0);
   }
+  for (;;) {
+    int alive = !lp->stopped && sr__run(lp, L, UV_RUN_DEFAULT) != 0;
+    if (lp->run_waiter != NULL && (lp->stopped || !alive)) {
+      sr_task *w = lp->run_waiter;
+      lp->run_waiter = NULL;
+      lp->stopped = 0;
+      sr__wake(w, 0);
+      continue;
+    }
+    if (!alive) break;
+  }
+  lp->dry = !lp->stopped;
   lp->stopped = 0;
   lua_pushboolean(L, 1);
   return 1;

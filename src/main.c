@@ -142,6 +142,11 @@ static int sr_main_body_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 static int sr_main_body(lua_State *L) {
+  sr_loop *lp;
+  lua_getfield(L, LUA_REGISTRYINDEX, "sockrun.loop");
+  lp = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  lp->binary_main = lp->current; /* sr.run may be called from it (loop.c) */
   return sr_main_body_k(L, LUA_OK, 1);
 }
 
@@ -200,6 +205,7 @@ static int sr_collect(int argc, char **argv, sr_args *a, int *interactive,
 ** the main task, run the loop. Returns the exit status. */
 static int sr_pmain(lua_State *L) {
   sr_args *a = lua_touserdata(L, 1);
+  sr_loop *lp;
   int failed;
   luaL_openlibs(L);
   sr_preload(L);
@@ -212,12 +218,16 @@ static int sr_pmain(lua_State *L) {
   lua_pushinteger(L, a->worker);
   lua_pushinteger(L, a->workers);
   lua_call(L, 2, 0);
+  lua_getfield(L, LUA_REGISTRYINDEX, "sockrun.loop");
+  lp = lua_touserdata(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, -1, "spawn");
   lua_pushlightuserdata(L, a);
   lua_pushcclosure(L, sr_main_body, 1);
   lua_call(L, 1, 1); /* the main task */
   lua_getfield(L, -2, "run");
   lua_call(L, 0, 0);
+  lp->binary_main = NULL;
   /* The loop is done and the exit is under way: a late SIGINT/SIGTERM
   ** (timeout(1) sends one to the process and one to its group) must not
   ** turn it into a death. Closing their watchers at teardown restores the
@@ -233,6 +243,13 @@ static int sr_pmain(lua_State *L) {
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1);
   failed = strcmp(lua_tostring(L, -1), "failed") == 0;
+  if (lp->dry && strcmp(lua_tostring(L, -1), "waiting") == 0) {
+    /* as lua5.4 would raise at the top level for the same wait */
+    fputs("sockrun: deadlock: the main chunk waits, and nothing is left "
+          "that could end its wait\n",
+          stderr);
+    failed = 1;
+  }
   lua_pushboolean(L, failed);
   return 1;
 }

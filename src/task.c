@@ -146,6 +146,7 @@ static void sr_task_detach(sr_task *t) {
   t->waits_on = SR_WAIT_NONE;
   t->wait_on = NULL;
   t->deferred = 0;
+  if (t->loop->run_waiter == t) t->loop->run_waiter = NULL;
   sr_task_disarm(t);
 }
 
