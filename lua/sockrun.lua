@@ -79,7 +79,12 @@ end
 local function check_path(path, n, fname)
   check_string(path, n, fname)
   if path == "" then argerror(n, fname, "empty unix socket path") end
-  if #path >= 108 then argerror(n, fname, "unix socket path too long") end
+  -- 108 bytes of sun_path: a path ends with a zero byte, an abstract name
+  -- ("@name") does not
+  local abstract = path:find("^[@%z]")
+  if #path > (abstract and 108 or 107) then
+    argerror(n, fname, "unix socket path too long")
+  end
   if path:find("\0", 2, true) then
     argerror(n, fname, "unix socket path contains a zero byte")
   end

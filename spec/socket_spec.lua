@@ -245,7 +245,31 @@ describe("s:setsockopt and s:getsockopt", function()
     H.raises(function()
       return s:setsockopt(sr.SOL_SOCKET, sr.SO_REUSEADDR, math.tointeger(2 ^ 32) + 1)
     end, "bad argument #3 to 'setsockopt'", "out of range")
+    H.raises(function()
+      return s:getsockopt(math.tointeger(2 ^ 32) + sr.IPPROTO_TCP, sr.TCP_NODELAY)
+    end, "bad argument #1 to 'getsockopt'", "out of range")
+    H.raises(function()
+      return s:getsockopt(sr.SOL_SOCKET, math.tointeger(2 ^ 32) + sr.SO_TYPE)
+    end, "bad argument #2 to 'getsockopt'", "out of range")
   end)
+
+  it("refuses a keepalive idle time on a socket that is not TCP, setting nothing",
+    function()
+      for _, make in ipairs({
+        function() return sr.socket("unix", "stream") end,
+        function() return sr.udp() end,
+      }) do
+        local u = assert(make())
+        H.assert_fail("ENOTSUP", u:setsockopt("keepalive", 10))
+        assert.equal(0, u:getsockopt(sr.SOL_SOCKET, sr.SO_KEEPALIVE))
+        assert.is_false(u:getsockopt("keepalive"))
+        assert.is_true(u:setsockopt("keepalive", 0)) -- on, no idle time
+        assert.equal(0, u:getsockopt("keepalive"))
+        assert.is_true(u:setsockopt("keepalive", false))
+        assert.is_false(u:getsockopt("keepalive"))
+        u:close()
+      end
+    end)
 
   for _, case in ipairs({
     -- Linux takes TCP_KEEPIDLE up to 32767 s; a linger time would make

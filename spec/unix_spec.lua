@@ -141,7 +141,29 @@ describe("unix stream sockets with sr.listen and sr.connect", function()
     local long = "/tmp/" .. string.rep("x", 200)
     H.raises(function() return sr.listen(long, H.echo) end, "too long")
     H.raises(function() return sr.connect(long) end, "too long")
+    -- sun_path holds 108 bytes: 107 and the zero that ends a path
+    H.raises(function() return sr.listen("/tmp/" .. string.rep("x", 103), H.echo) end,
+      "too long")
+    H.raises(function() return sr.listen("@" .. string.rep("x", 108), H.echo) end,
+      "too long")
   end)
+
+  it("take the longest names sun_path holds: a 107-byte path, a 108-byte abstract name",
+    function()
+      local path = H.tmppath()
+      path = path .. string.rep("p", 107 - #path)
+      local abstract = "@" .. string.rep("a", 101) .. H.pid() % 100000
+      abstract = abstract .. string.rep("a", 108 - #abstract)
+      for _, name in ipairs({ path, abstract }) do
+        local srv = assert(sr.listen(name, H.echo))
+        assert.equal(name, srv:getsockname())
+        local c = assert(sr.connect(name))
+        assert.equal("far", c:write("far\n"):read("l"))
+        c:close()
+        srv:close()
+      end
+      os.remove(path)
+    end)
 
   it("raise for a bad path or handler", function()
     H.raises(function() return sr.connect("") end, "bad argument #1")

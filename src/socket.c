@@ -462,6 +462,8 @@ static int sr_socket_setsockopt(lua_State *L) {
       }
       luaL_argcheck(L, sec <= SR_KEEPIDLE_MAX, 3,
                     "keepalive idle time must be at most 32767 seconds");
+      /* an idle time is TCP's: refused elsewhere before anything is set */
+      if (on && sec > 0 && s->kind != SR_TCP) return sr__fail(L, UV_ENOTSUP);
       v = on;
       if (setsockopt(s->fd, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof v) < 0)
         return sr__fail(L, -errno);
@@ -483,8 +485,8 @@ static int sr_socket_getsockopt(lua_State *L) {
   int v = 0;
   socklen_t len = sizeof v;
   if (lua_type(L, 2) == LUA_TNUMBER) {
-    int level = (int)luaL_checkinteger(L, 2);
-    int optname = (int)luaL_checkinteger(L, 3);
+    int level = sr_check_int(L, 2);
+    int optname = sr_check_int(L, 3);
     if (s == NULL) return 3;
     if (getsockopt(s->fd, level, optname, &v, &len) < 0)
       return sr__fail(L, -errno);
@@ -510,8 +512,8 @@ static int sr_socket_getsockopt(lua_State *L) {
     case SR_OPT_BOOL: lua_pushboolean(L, v); break;
     case SR_OPT_INT: lua_pushinteger(L, v); break;
     case SR_OPT_SECONDS: /* keepalive */
-      if (!v) {
-        lua_pushboolean(L, 0);
+      if (!v || s->kind != SR_TCP) { /* on but no TCP: 0, as it was set */
+        if (v) lua_pushinteger(L, 0); else lua_pushboolean(L, 0);
         break;
       }
       len = sizeof v;

@@ -169,8 +169,12 @@ socklen_t sr__check_unaddr(lua_State *L, int arg, struct sockaddr_storage *ss) {
   memset(ss, 0, sizeof *ss);
   sun->sun_family = AF_UNIX;
   luaL_argcheck(L, len > 0, arg, "empty unix socket path");
-  luaL_argcheck(L, len < sizeof sun->sun_path, arg,
-                "unix socket path too long");
+  /* a path needs room for its terminating zero; an abstract name none */
+  luaL_argcheck(L,
+                len < sizeof sun->sun_path ||
+                    (len == sizeof sun->sun_path &&
+                     (path[0] == '@' || path[0] == '\0')),
+                arg, "unix socket path too long");
   memcpy(sun->sun_path, path, len);
   if (path[0] == '@') {
     sun->sun_path[0] = '\0';
