@@ -67,11 +67,26 @@ local function check_host(host, n, fname, family)
   return "name"
 end
 
+-- A port: an integer, or a float or string with an integer value (8080.0,
+-- "8080" as arg[] gives it), as Lua's own luaL_checkinteger takes; the
+-- integer it is.
 local function check_port(port, n, fname)
-  if math_type(port) ~= "integer" then
-    argerror(n, fname, "port must be an integer, got " .. type(port))
+  local p = (type(port) == "number" or type(port) == "string") and
+      math.tointeger(tonumber(port))
+  if not p then
+    argerror(n, fname, "port must be an integer, got " ..
+      (type(port) == "string" and string_format("%q", port) or type(port)))
   end
-  if port < 0 or port > 65535 then argerror(n, fname, "port out of range") end
+  if p < 0 or p > 65535 then argerror(n, fname, "port out of range") end
+  return p
+end
+
+-- Whether the second argument of connect/listen makes the call the host
+-- and port form (else the first is a unix path): a number, or a string
+-- that reads as one.
+local function is_port(port)
+  return type(port) == "number" or
+      (type(port) == "string" and tonumber(port) ~= nil)
 end
 
 -- A unix socket path: non-empty, fits sun_path, no zero byte unless it
@@ -142,7 +157,7 @@ local function at_address(self, raw, fname, host, port)
     return raw(self, host)
   end
   local kind = check_host(host, 1, fname, family)
-  check_port(port, 2, fname)
+  port = check_port(port, 2, fname)
   local addr
   addr, err, code = address_for(host, kind, family, (self:gettimeouts()))
   if not addr then return nil, err, code end
@@ -173,7 +188,7 @@ function methods:sendto(data, host, port)
     return raw_sendto(self, data, host)
   end
   local kind = check_host(host, 2, "sendto", family)
-  check_port(port, 3, "sendto")
+  port = check_port(port, 3, "sendto")
   local _, _, wt = self:gettimeouts()
   local addr
   addr, err, code = address_for(host, kind, family, wt)
@@ -207,7 +222,7 @@ end
 -- connected stream socket, trying each address of a name in turn.
 -- opts.timeout bounds resolution and each connect.
 function M.connect(host, port, opts)
-  if type(port) ~= "number" then -- unix path
+  if not is_port(port) then -- unix path
     check_path(host, 1, "connect")
     local timeout = check_opts(port, 2, "connect").timeout
     local s, err, code = socket("unix", "stream")
@@ -222,7 +237,7 @@ function M.connect(host, port, opts)
     return s
   end
   local kind = check_host(host, 1, "connect")
-  check_port(port, 2, "connect")
+  port = check_port(port, 2, "connect")
   local timeout = check_opts(opts, 3, "connect").timeout
   local list, err, code = addresses(host, kind, timeout)
   if not list then return nil, err, code end
@@ -318,7 +333,7 @@ end
 -- Returns the listening socket; close it to stop serving.
 function M.listen(host, port, handler, opts)
   local s, ok, err, code
-  if type(port) ~= "number" then -- unix path
+  if not is_port(port) then -- unix path
     host, handler, opts = host, port, handler
     check_path(host, 1, "listen")
     if type(handler) ~= "function" then
@@ -330,7 +345,7 @@ function M.listen(host, port, handler, opts)
     ok, err, code = raw_bind(s, host)
   else
     local kind = check_host(host, 1, "listen")
-    check_port(port, 2, "listen")
+    port = check_port(port, 2, "listen")
     if type(handler) ~= "function" then
       argerror(3, "listen", "function expected, got " .. type(handler))
     end
@@ -365,7 +380,7 @@ end
 function M.udp(host, port)
   if host == nil then return socket("inet", "dgram") end
   local kind = check_host(host, 1, "udp")
-  check_port(port, 2, "udp")
+  port = check_port(port, 2, "udp")
   local list, err, code = addresses(host, kind)
   if not list then return nil, err, code end
   local s

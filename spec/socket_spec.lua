@@ -393,7 +393,17 @@ describe("s:bind", function()
       "bad argument #2 to 'bind'")
     H.raises(function() return s:bind("127.0.0.1", {}) end,
       "bad argument #2 to 'bind'")
+    H.raises(function() return s:bind("127.0.0.1", "http") end,
+      "bad argument #2 to 'bind'", 'got "http"')
   end))
+
+  it("takes a port given as a float or a string with an integer value",
+    on_socket(function(s)
+      assert.is_true(s:bind("127.0.0.1", "0"))
+      local other = assert(sr.socket("inet", "stream"))
+      assert.is_true(other:bind("127.0.0.1", 0.0))
+      other:close()
+    end))
 
   it_answers_ebadf(function(s) return s:bind("127.0.0.1", 0) end)
 
@@ -1023,6 +1033,19 @@ describe("sr.listen and sr.connect", function()
 
   it("serve and connect over IPv4", function()
     echo_line("127.0.0.1", "hello")
+  end)
+
+  it("take the port as a string, as arg[] gives it", function()
+    local srv = assert(sr.listen("127.0.0.1", "0", H.echo))
+    local port = tostring(select(2, srv:getsockname()))
+    local c = assert(sr.connect("127.0.0.1", port))
+    assert.equal("s", c:write("s\n"):read("l"))
+    c:close()
+    srv:close()
+    H.raises(function() return sr.connect("127.0.0.1", "80.5") end,
+      "bad argument #2 to 'connect'", "port must be an integer")
+    H.raises(function() return sr.listen("127.0.0.1", "8080", "handler") end,
+      "bad argument #3 to 'listen'", "function expected")
   end)
 
   it("serve and connect over IPv6 ::1", function()
