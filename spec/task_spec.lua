@@ -836,6 +836,17 @@ describe("sr.step", function()
     assert.is_false(got.sleep[1])
     assert.matches("cannot block in a finalizer", got.sleep[2], 1, true)
   end)
+
+  it("says so for a finalizer that runs inside a task too", function()
+    H.in_task(function()
+      local got
+      setmetatable({}, { __gc = function() got = table.pack(pcall(sr.sleep, 0)) end })
+      collectgarbage()
+      collectgarbage()
+      assert.is_false(got[1])
+      assert.matches("cannot block in a finalizer", got[2], 1, true)
+    end)
+  end)
 end)
 
 describe("sr.backend_fd and sr.backend_timeout", function()

@@ -160,10 +160,13 @@ static void sr_task_detach(sr_task *t) {
 sr_task *sr__self(lua_State *L, sr_loop *lp) {
   sr_task *t = lp->current;
   if (t != NULL && t->co == L) {
+    if (!lua_isyieldable(L) && sr__in_finalizer(L)) /* (only now: a cost) */
+      luaL_error(L, "cannot block in a finalizer (__gc)");
     if (!lua_isyieldable(L))
       luaL_error(L,
-                 "cannot block across a C-call boundary (metamethod, "
-                 "iterator or sort comparator); use sr.spawn");
+                 "cannot block across a C-call boundary (a sort comparator, "
+                 "a gsub function, a metamethod called from C); use "
+                 "sr.spawn");
     return t;
   }
   if (lp->running > 0 || t != NULL)
