@@ -892,6 +892,23 @@ describe("sr.onerror", function()
     assert.equal(t, got.task)
   end)
 
+  it("gets the error of a <close> that raised while the task failed, the first error in the traceback",
+    function()
+      local got
+      H.quiet_errors(function(err, tb) got = { err = err, tb = tb } end)
+      local t = sr.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function() error("in close") end })
+        sr.sleep(0.01)
+        error("first")
+      end)
+      local _, joined = t:join()
+      assert.matches("in close", joined)
+      assert.matches("in close", got.err)
+      assert.matches("^[^\n]*in close\n%(raised closing a to%-be%-closed variable, after: [^\n]*first\n",
+        got.tb)
+      assert.matches("stack traceback", got.tb)
+    end)
+
   it("receives a non-string error object as it was raised", function()
     local got
     local obj = { code = 42 }

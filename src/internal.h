@@ -100,7 +100,6 @@ struct sr_task {
 struct sr_loop {
   uv_loop_t uv;
   lua_State *L;      /* main thread; NULL once the state is closing */
-  lua_State *R;      /* the thread that entered uv_run (runs callbacks) */
   sr_task *current;  /* the task running now, NULL outside tasks */
   sr_task main;      /* pseudo-task for blocking calls outside tasks */
   /* Tasks due to go on at the next turn of the loop (task.c): */

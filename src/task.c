@@ -335,12 +335,14 @@ static void sr_task_failed(sr_task *t) {
   sr_loop *lp = t->loop;
   lua_State *co = t->co;
   sr_task *prev = lp->current;
-  int tb = LUA_NOREF;
+  int tb = LUA_NOREF, err = LUA_NOREF;
   t->state = SR_TASK_FAILED;
   t->nres = 0;
   if (lua_checkstack(co, 3)) { /* else it overflowed: no traceback */
     const char *msg = lua_tostring(co, -1);
     int pushed = 0;
+    lua_pushvalue(co, -1);
+    err = luaL_ref(co, LUA_REGISTRYINDEX); /* to tell if a <close> replaces it */
     if (msg == NULL) {
       msg = lua_pushfstring(co, "(error object is a %s value)",
                             luaL_typename(co, -1));
@@ -354,8 +356,21 @@ static void sr_task_failed(sr_task *t) {
   lua_settop(co, 1);
   lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref); /* the task, at 2 */
   if (tb != LUA_NOREF) {
-    lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, err);
+    if (!lua_rawequal(co, 1, -1)) {
+      /* a to-be-closed variable raised while closing: its error is the
+      ** task's; the traceback is the first error's, and says so */
+      luaL_tolstring(co, 1, NULL);
+      lua_pushliteral(co, "\n(raised closing a to-be-closed variable, after: ");
+      lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
+      lua_pushliteral(co, ")");
+      lua_concat(co, 4);
+    } else {
+      lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
+    }
+    lua_remove(co, -2);
     luaL_unref(co, LUA_REGISTRYINDEX, tb);
+    luaL_unref(co, LUA_REGISTRYINDEX, err);
   } else {
     luaL_tolstring(co, 1, NULL);
   }
