@@ -72,6 +72,7 @@ typedef struct {
   int interactive; /* end in the REPL */
   int workers;     /* -w N */
   int worker;      /* this process's number, 1..N (0 without -w) */
+  sigset_t mask;   /* a worker's signal mask, once its handlers are set */
 } sr_args;
 
 /* Set the global for "-l mod" or "-l g=mod"; the module is at the top. */
@@ -218,6 +219,7 @@ static int sr_pmain(lua_State *L) {
   lua_pushinteger(L, a->worker);
   lua_pushinteger(L, a->workers);
   lua_call(L, 2, 0);
+  if (a->worker > 0) sigprocmask(SIG_SETMASK, &a->mask, NULL);
   lua_getfield(L, LUA_REGISTRYINDEX, "sockrun.loop");
   lp = lua_touserdata(L, -1);
   lua_pop(L, 1);
@@ -336,7 +338,13 @@ static int sr_run_workers(sr_args *a) {
       setpgid(0, 0);
       if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
         _exit(1); /* the parent is gone already */
-      sigprocmask(SIG_SETMASK, &old, NULL);
+      /* SIGINT and SIGTERM stay blocked until the script's handlers
+      ** exist (sr_pmain): one the parent passes on at once must drain
+      ** this worker, not kill it */
+      a->mask = old;
+      sigdelset(&set, SIGINT);
+      sigdelset(&set, SIGTERM);
+      sigprocmask(SIG_UNBLOCK, &set, NULL);
       free(pids);
       a->worker = i + 1;
       return -1;
@@ -366,10 +374,13 @@ static int sr_run_workers(sr_args *a) {
 }
 
 int main(int argc, char **argv) {
-  sr_args a = {argc, argv, 0, 0, 0, 0, 0};
+  sr_args a;
   int interactive = 0, version = 0, r, status;
   lua_State *L;
   sr_pool *pool;
+  memset(&a, 0, sizeof a);
+  a.argc = argc;
+  a.argv = argv;
   if (argv[0] && argv[0][0]) sr_progname = argv[0];
   r = sr_collect(argc, argv, &a, &interactive, &version);
   if (r != 0) {
