@@ -741,6 +741,17 @@ describe("sockrun on a pipe", function()
     assert.same({ "", "", 0 }, { out, err, code })
   end)
 
+  it("leaves the pipe blocking for the reader after it (the shell's cat)",
+    function()
+      for _, ending in ipairs({ "os.exit(0)", "sr.stop()" }) do
+        local out = sh(string.format(
+          "{ printf '%%s\\n' %s; sleep 0.3; printf 'later\\n'; } | " ..
+          "{ env SOCKRUN_HISTORY=%s timeout 10 %s; cat; } 2>&1",
+          q(ending), q(tmp("history")), q(SOCKRUN)))
+        assert.matches("later\n$", out)
+      end
+    end)
+
   it("runs -e code before reading lines with -e 'code' -i", function()
     local out, err, code = pipe("x\n", "-e " .. q("x = 42") .. " -i")
     assert.equal("", err)

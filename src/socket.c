@@ -65,11 +65,7 @@ static void sr_socket_uv_close(sr_socket *s) {
     close(s->fd); /* uv_poll does not own the descriptor */
     return;
   }
-  /* The terminal is restored through the descriptor libuv opened for it,
-  ** which the close shuts: a REPL ended by sr.stop() or a signal would
-  ** leave the shell raw. */
-  if (s->kind == SR_TTY && s->h.handle.type == UV_TTY)
-    uv_tty_set_mode(&s->h.tty, UV_TTY_MODE_NORMAL);
+  if (s->kind == SR_TTY) sr__tty_release(s);
   uv_close(&s->h.handle, sr__socket_close_cb);
 }
 
