@@ -391,6 +391,14 @@ describe("sockrun on a terminal", function()
       assert.equal(0, t:quit())
     end)
 
+  it("keeps a command's output that does not end its line, the prompt below it",
+    function()
+      local t = term()
+      assert.same({ "abc" }, t:run('do io.write("abc") end'))
+      assert.same({ "x1" }, t:run('do io.stderr:write("x", 1) end'))
+      assert.equal(0, t:quit())
+    end)
+
   it("runs a line typed while a command waits once that command ends",
     function()
       local t = term()
@@ -729,6 +737,18 @@ describe("sockrun on a pipe", function()
       err)
   end)
 
+  it("shows an error object through its __tostring, as lua5.4 does", function()
+    local _, err = pipe("error(setmetatable({}, { __tostring = " ..
+      "function() return 'custom' end }))\n")
+    assert.matches("^custom\nstack traceback:\n", err)
+  end)
+
+  it("prints the value of =expr, as lua5.1's REPL and Debian's lua5.4 do", function()
+    local out, _, code = pipe("=1 + 1\n= 'a' .. 'b'\n")
+    assert.equal(0, code)
+    assert.equal("2\nab\n", out)
+  end)
+
   it("reports a chunk left incomplete at end of input", function()
     local out, err, code = pipe("function f()\nreturn 1\n")
     assert.equal(0, code)
@@ -780,6 +800,14 @@ describe("sockrun on a pipe", function()
       assert.equal(0, code)
       assert.equal("42\n42\ntrue\n", out)
     end)
+
+  it("keeps the sr.onerror hook the script set with -i script.lua", function()
+    local path = tmp("hook.lua")
+    spit(path, "sr = require 'sockrun'\n" ..
+      "sr.onerror(function(e) io.stderr:write('MY HOOK: ', tostring(e), '\\n') end)\n")
+    local _, err = pipe("sr.spawn(function() error('late') end)\n", "-i " .. q(path))
+    assert.matches("MY HOOK: stdin:1: late", err, 1, true)
+  end)
 
   it("runs the script first with -i script.lua", function()
     local script = tmp("script.lua")

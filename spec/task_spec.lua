@@ -936,6 +936,16 @@ describe("sr.onerror", function()
     assert.equal(0, calls)
   end)
 
+  it("returns true and the hook it replaces, nil for the default", function()
+    local function a() end
+    local function b() end
+    H.defer(function() sr.onerror(nil) end)
+    assert.same({ true, nil }, { sr.onerror(a) })
+    assert.same({ true, a }, { sr.onerror(b) })
+    assert.same({ true, b }, { sr.onerror(nil) })
+    assert.same({ true, nil }, { sr.onerror(nil) })
+  end)
+
   it("is restored to the default by sr.onerror(nil)", function()
     local calls = 0
     sr.onerror(function() calls = calls + 1 end)

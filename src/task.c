@@ -677,17 +677,22 @@ static int sr_current(lua_State *L) {
   return 1;
 }
 
+/* sr.onerror(fn | nil): true, and the hook it replaces (nil: the default),
+** so that a library may chain to it or put it back. */
 static int sr_onerror(lua_State *L) {
   sr_loop *lp = sr_getloop(L);
+  int ref;
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
-  luaL_unref(L, LUA_REGISTRYINDEX, lp->onerror_ref);
-  lp->onerror_ref = LUA_NOREF;
-  if (!lua_isnoneornil(L, 1)) {
-    lua_settop(L, 1);
-    lp->onerror_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
+  lua_settop(L, 1);
+  ref = lua_isnil(L, 1) ? LUA_NOREF : luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushboolean(L, 1);
-  return 1;
+  if (lp->onerror_ref != LUA_NOREF)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->onerror_ref);
+  else
+    lua_pushnil(L);
+  luaL_unref(L, LUA_REGISTRYINDEX, lp->onerror_ref);
+  lp->onerror_ref = ref;
+  return 2;
 }
 
 static const luaL_Reg sr_task_methods[] = {{"join", sr_task_join},

@@ -103,6 +103,8 @@ end
 
 -- An expression prints its values: try "return <line>" first, as lua5.4.
 local function compile(src)
+  -- "=expr" prints expr, as lua5.1's REPL (and Debian's lua5.4) take it
+  if src:sub(1, 1) == "=" then src = src:sub(2) end
   local fn = load("return " .. src, "=stdin", "t")
   if fn then return fn end
   return load(src, "=stdin", "t")
@@ -114,6 +116,11 @@ end
 
 local function error_text(err)
   if type(err) == "string" then return err end
+  local mt = getmetatable(err) -- as lua5.4 reports one
+  if type(mt) == "table" and mt.__tostring then
+    local ok, text = pcall(tostring, err)
+    if ok and type(text) == "string" then return text end
+  end
   return "(error object is a " .. type(err) .. " value)"
 end
 
@@ -259,9 +266,25 @@ local raw_write = FILE_index.write
 -- The editor on a terminal; nil on a pipe.
 local editor
 
+-- Whether what a command wrote to the terminal ended mid-line (io.write
+-- with no newline): the prompt then starts on a line of its own, as the
+-- redraw would otherwise clear that output.
+local mid_line = false
+
 -- Write to stdout or stderr around the prompt: clear the line, write, end
 -- with a newline, redraw prompt and input.
 local function guarded_write(f, ...)
+  if editor and not editor.shown and (f == stdout or f == stderr) then
+    for i = select("#", ...), 1, -1 do
+      local v = select(i, ...)
+      v = type(v) == "number" and tostring(v) or v
+      if type(v) == "string" and v ~= "" then
+        mid_line = v:sub(-1) ~= "\n"
+        break
+      end
+    end
+    return raw_write(f, ...)
+  end
   if editor and editor.shown and (f == stdout or f == stderr) then
     raw_write(stdout, editor:home())
     stdout:flush()
@@ -325,7 +348,9 @@ function Editor:draw()
   local plen = width(self.prompt)
   local total = plen + width(self.buf)
   local cur = plen + width(self.buf:sub(1, self.pos))
-  local out = { self:home(), self.prompt, self.buf }
+  local out = { (not self.shown and mid_line) and "\r\n" or "", self:home(),
+    self.prompt, self.buf }
+  mid_line = false
   -- at an exact multiple of the width the terminal holds the cursor at the
   -- last column; a newline makes its position certain
   if total > 0 and total % cols == 0 then out[#out + 1] = "\n" end
@@ -627,10 +652,12 @@ function M.run()
   _G.sr = sr
   local input = core.stdin()
   local restore = install_output_guards()
-  local previous_onerror = nil
-  sr.onerror(function(err, tb)
+  -- errors that end tasks are printed around the prompt; a hook the
+  -- script set (sockrun -i script.lua) stays in charge
+  local _, previous_onerror = sr.onerror(function(err, tb)
     stderr:write(tb or error_text(err), "\n")
   end)
+  if previous_onerror then sr.onerror(previous_onerror) end
   local ok, err = pcall(function()
     if input and core.isatty(0) then
       run_tty(input)
