@@ -298,6 +298,7 @@ void sr__dns_free_answers(sr_loop *lp);
 void sr__tty_open(lua_State *L, sr_loop *lp);
 int sr__tty_init(sr_socket *s, int *inited);
 void sr__tty_release(sr_socket *s);
+void sr__tty_forget(sr_loop *lp);
 void sr__signal_open(lua_State *L, sr_loop *lp);
 
 #endif

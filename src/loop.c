@@ -227,6 +227,7 @@ static int sr_loop_gc(lua_State *L) {
   if (lp->L == NULL) return 0;
   lp->L = NULL; /* from here on no callback may touch Lua */
   uv_tty_reset_mode(); /* a REPL may have left the terminal raw */
+  sr__tty_forget(lp);
   pass = 1;
   uv_walk(&lp->uv, sr_teardown_walk_cb, &pass);
   pass = 2;

@@ -4,8 +4,12 @@
 ** These functions are private to the Lua side (not in the sr table).
 */
 
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -78,16 +82,128 @@ void sr__tty_release(sr_socket *s) {
   sr_stdin_restore();
 }
 
-/* core.ttymode(stdin, "raw" | "normal") */
+/* The raw mode's settings while a command runs in "command" mode. */
+static struct termios sr_raw_termios;
+static int sr_in_command;
+
+/*
+** core.ttymode(stdin, "raw" | "normal" | "command"). "command" is raw
+** mode in which Ctrl-C (only it: not Ctrl-\ nor Ctrl-Z) raises SIGINT, for
+** while a command runs: a command that computes and never yields reads no
+** keys, so only a signal can interrupt it (core.interruptible). libuv
+** keeps taking the terminal for raw then; "raw" puts raw mode back.
+*/
 static int sr_tty_mode(lua_State *L) {
-  static const char *const modes[] = {"normal", "raw", NULL};
+  static const char *const modes[] = {"normal", "raw", "command", NULL};
   sr_socket *s = sr__check_socket(L, 1);
-  int mode = luaL_checkoption(L, 2, NULL, modes), err;
+  int mode = luaL_checkoption(L, 2, NULL, modes), err, fd;
   if (s == NULL) return 3;
   if (s->h.handle.type != UV_TTY) return sr__fail(L, UV_ENOTTY);
+  if ((err = uv_fileno(&s->h.handle, &fd)) < 0) return sr__fail(L, err);
+  if (sr_in_command) { /* back to raw first, whatever comes next */
+    if (tcsetattr(fd, TCSANOW, &sr_raw_termios) < 0)
+      return sr__fail(L, -errno);
+    sr_in_command = 0;
+  }
   err = uv_tty_set_mode(&s->h.tty,
-                        mode == 1 ? UV_TTY_MODE_RAW : UV_TTY_MODE_NORMAL);
+                        mode == 0 ? UV_TTY_MODE_NORMAL : UV_TTY_MODE_RAW);
   if (err < 0) return sr__fail(L, err);
+  if (mode == 2) {
+    struct termios t;
+    if (tcgetattr(fd, &sr_raw_termios) < 0) return sr__fail(L, -errno);
+    t = sr_raw_termios;
+    t.c_lflag |= ISIG;
+    t.c_cc[VQUIT] = _POSIX_VDISABLE;
+    t.c_cc[VSUSP] = _POSIX_VDISABLE;
+    if (tcsetattr(fd, TCSANOW, &t) < 0) return sr__fail(L, -errno);
+    sr_in_command = 1;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** Interrupting a command. While on, SIGINT has a handler of ours (libuv's
+** is put back after): it sets a hook on the command's coroutine, which
+** raises "interrupted!" at its next call, return or instruction, as
+** lua5.4's REPL does for a busy loop, and wakes the loop, which calls the
+** REPL's function (to cancel a command that waits instead). Setting a hook
+** is what Lua allows a signal handler to do.
+*/
+static lua_State *volatile sr_interrupt_co;
+static uv_async_t *sr_interrupt_async;
+static int sr_interrupt_fn = LUA_NOREF, sr_interrupt_anchor = LUA_NOREF;
+static struct sigaction sr_saved_sigint;
+
+static void sr_interrupt_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted!");
+}
+
+static void sr_interrupt_signal(int sig) {
+  lua_State *co = sr_interrupt_co;
+  (void)sig;
+  if (co == NULL) return;
+  lua_sethook(co, sr_interrupt_hook,
+              LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  uv_async_send(sr_interrupt_async);
+}
+
+static void sr_interrupt_off(lua_State *L) {
+  if (sr_interrupt_co == NULL) return;
+  sigaction(SIGINT, &sr_saved_sigint, NULL);
+  lua_sethook(sr_interrupt_co, NULL, 0, 0);
+  sr_interrupt_co = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, sr_interrupt_fn);
+  luaL_unref(L, LUA_REGISTRYINDEX, sr_interrupt_anchor);
+  sr_interrupt_fn = sr_interrupt_anchor = LUA_NOREF;
+}
+
+/* At the loop's teardown, whose walk closes the async handle: SIGINT goes
+** back to whoever had it, and nothing here points into the state. */
+void sr__tty_forget(sr_loop *lp) {
+  if (sr_interrupt_async == NULL || sr_interrupt_async->data != lp) return;
+  if (sr_interrupt_co != NULL) sigaction(SIGINT, &sr_saved_sigint, NULL);
+  sr_interrupt_co = NULL;
+  sr_interrupt_fn = sr_interrupt_anchor = LUA_NOREF;
+  sr_interrupt_async = NULL;
+}
+
+/* The loop's turn after the signal: the command may still wait. */
+static void sr_interrupt_cb(uv_async_t *a) {
+  sr_loop *lp = a->data;
+  lua_State *L = lp->L;
+  if (L == NULL || sr_interrupt_co == NULL) return;
+  lua_sethook(sr_interrupt_co, NULL, 0, 0); /* not for its <close>s */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, sr_interrupt_fn);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
+}
+
+/* core.interruptible(fn | nil): on for the calling coroutine, fn called
+** from the loop on each SIGINT; nil: off. */
+static int sr_tty_interruptible(lua_State *L) {
+  sr_loop *lp = sr_getloop(L);
+  struct sigaction sa;
+  sr_interrupt_off(L);
+  if (lua_isnoneornil(L, 1)) return 0;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (sr_interrupt_async == NULL) {
+    if ((sr_interrupt_async = malloc(sizeof *sr_interrupt_async)) == NULL)
+      return sr__fail(L, UV_ENOMEM);
+    uv_async_init(&lp->uv, sr_interrupt_async, sr_interrupt_cb);
+    sr_interrupt_async->data = lp;
+    uv_unref((uv_handle_t *)sr_interrupt_async);
+  }
+  lua_settop(L, 1);
+  sr_interrupt_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushthread(L); /* the coroutine stays while the hook may point at it */
+  sr_interrupt_anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = sr_interrupt_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &sr_saved_sigint);
+  sr_interrupt_co = L;
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -109,6 +225,7 @@ static const luaL_Reg sr_tty_funcs[] = {{"stdin", sr_tty_stdin},
                                         {"isatty", sr_tty_isatty},
                                         {"ttymode", sr_tty_mode},
                                         {"winsize", sr_tty_winsize},
+                                        {"interruptible", sr_tty_interruptible},
                                         {NULL, NULL}};
 
 void sr__tty_open(lua_State *L, sr_loop *lp) {

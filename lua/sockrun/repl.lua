@@ -521,7 +521,7 @@ local function run_tty(input)
   local command       -- the task of the running command, if any
   local queued = ""   -- keys typed while a command runs
   local quit = false
-  local feed
+  local feed, cancel_command
 
   local function out(text, is_err)
     (is_err and stderr or stdout):write(text)
@@ -529,6 +529,8 @@ local function run_tty(input)
 
   local function idle()
     command = nil
+    core.interruptible(nil)
+    core.ttymode(input, "raw")
     ed.prompt = pending_chunk and ">> " or "> "
     ed:draw()
     if queued ~= "" then
@@ -536,6 +538,17 @@ local function run_tty(input)
       queued = ""
       feed(q)
     end
+  end
+
+  -- Ctrl-C while a command waits: cancel it (its <close>s run)
+  cancel_command = function()
+    local c = command
+    if not c then return end
+    command = nil
+    core.interruptible(nil)
+    c:cancel()
+    raw_write(stdout, "^C (cancelled)\r\n")
+    idle()
   end
 
   local reader = sr.current() -- the task that reads the keys (below)
@@ -568,6 +581,10 @@ local function run_tty(input)
       return
     end
     command = sr.spawn(function()
+      -- Ctrl-C now raises SIGINT: it interrupts a command that computes
+      -- and never yields, and cancels one that waits
+      core.ttymode(input, "command")
+      core.interruptible(cancel_command)
       execute(fn, out)
       idle()
     end)
@@ -579,12 +596,8 @@ local function run_tty(input)
     for i, k in ipairs(keys) do
       if quit then return end
       if command then
-        if k == "\3" then -- Ctrl-C: cancel the running command
-          local c = command
-          command = nil
-          c:cancel()
-          raw_write(stdout, "^C (cancelled)\r\n")
-          idle()
+        if k == "\3" then -- Ctrl-C typed ahead of the command mode
+          cancel_command()
         else
           queued = queued .. table.concat(keys, "", i) .. rest
           return
