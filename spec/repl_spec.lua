@@ -234,6 +234,18 @@ function Term:run(cmd, prompt)
   return out
 end
 
+-- Run a command that waits, cancel it with Ctrl-C, check the REPL says so;
+-- returns the screen.
+function Term:cancel(cmd)
+  self:type(cmd)
+  self:key("Enter")
+  self:wait_last("> " .. cmd)
+  self:key("C-c")
+  local ls = self:wait_last(">")
+  assert.equal("^C (cancelled)", ls[#ls - 1])
+  return ls
+end
+
 -- Wait until the REPL process has exited; returns its exit status.
 function Term:wait_exit()
   for _ = 1, WAIT_STEPS do
@@ -378,12 +390,7 @@ describe("sockrun on a terminal", function()
       local t = term()
       t:run(listen_cmd("function(c) sr.sleep(30) end"))
       assert.same({}, t:run("c = sr.connect(srv:getsockname())"))
-      t:type('c:read("l")')
-      t:key("Enter")
-      t:wait_last('> c:read("l")')
-      t:key("C-c")
-      local ls = t:wait_last(">")
-      assert.equal("^C (cancelled)", ls[#ls - 1])
+      local ls = t:cancel('c:read("l")')
       assert.equal('> c:read("l")', ls[#ls - 2])
       -- the REPL and its loop go on, the socket still usable
       assert.same({ "3" }, t:run("1 + 2"))
@@ -402,12 +409,7 @@ describe("sockrun on a terminal", function()
     t:wait_last(">")
     -- the REPL goes on, and Ctrl-C still cancels a waiting command
     assert.same({ "true" }, t:run("n > 0"))
-    t:type("sr.sleep(30)")
-    t:key("Enter")
-    t:wait_last("> sr.sleep(30)")
-    t:key("C-c")
-    local ls = t:wait_last(">")
-    assert.equal("^C (cancelled)", ls[#ls - 1])
+    t:cancel("sr.sleep(30)")
     assert.equal(0, t:quit())
   end)
 
