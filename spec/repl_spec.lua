@@ -234,6 +234,14 @@ function Term:run(cmd, prompt)
   return out
 end
 
+-- Paste text as a terminal does (bracketed, when the REPL asked for it).
+function Term:paste(text)
+  local path = tmp("paste")
+  spit(path, text)
+  sh(string.format("%s load-buffer %s && %s paste-buffer -p -d -t %s",
+    self.tmux, q(path), self.tmux, self.name))
+end
+
 -- Run a command that waits, cancel it with Ctrl-C, check the REPL says so;
 -- returns the screen.
 function Term:cancel(cmd)
@@ -395,6 +403,32 @@ describe("sockrun on a terminal", function()
       -- the REPL and its loop go on, the socket still usable
       assert.same({ "3" }, t:run("1 + 2"))
       assert.same({ "true" }, t:run('c:write("x\\n") == c'))
+      assert.equal(0, t:quit())
+    end)
+
+  it("takes pasted text as it is, a Tab in it not completing, each line run",
+    function()
+      local t = term()
+      t:paste("value = 1\nv\t= 2\nprint(value, v)\n")
+      t:wait(function(ls) return ls[#ls - 1] == "1       2" end, "1, a Tab, 2")
+      assert.equal(0, t:quit())
+    end)
+
+  it("edits by words: Ctrl-W takes the word and the blanks after it, Alt-b/Alt-f move",
+    function()
+      local t = term()
+      t:type('x = "A" zz ')
+      t:key("C-w")
+      t:key("Enter")
+      t:wait_line('> x = "A"')
+      assert.same({ "A" }, t:run("x"))
+      t:type("ab")
+      t:key("M-b")
+      t:type("(")
+      t:key("M-f")
+      t:type(")")
+      t:key("Enter")
+      t:wait_line("> (ab)")
       assert.equal(0, t:quit())
     end)
 

@@ -23,10 +23,24 @@ static void sr_stdin_restore(void) {
   if (sr_stdin_flags >= 0) fcntl(STDIN_FILENO, F_SETFL, sr_stdin_flags);
 }
 
+/* In raw mode the terminal is asked to mark pasted text (bracketed
+** paste), so that the editor takes a Tab in it as a Tab, not completion. */
+static int sr_paste_marked;
+
+static void sr_paste_mark(int on) {
+  static const char on_seq[] = "\33[?2004h", off_seq[] = "\33[?2004l";
+  ssize_t r;
+  if (on == sr_paste_marked || !isatty(STDOUT_FILENO)) return;
+  r = write(STDOUT_FILENO, on ? on_seq : off_seq, sizeof on_seq - 1);
+  (void)r; /* a terminal that takes no escape codes: nothing to undo */
+  sr_paste_marked = on;
+}
+
 /* os.exit() skips lua_close, where the loop's teardown restores the
 ** terminal: exit then does it. */
 static void sr_tty_reset_at_exit(void) {
   uv_tty_reset_mode();
+  sr_paste_mark(0);
   sr_stdin_restore();
 }
 
@@ -79,6 +93,7 @@ static int sr_tty_isatty(lua_State *L) {
 void sr__tty_release(sr_socket *s) {
   if (s->h.handle.type == UV_TTY)
     uv_tty_set_mode(&s->h.tty, UV_TTY_MODE_NORMAL);
+  sr_paste_mark(0);
   sr_stdin_restore();
 }
 
@@ -108,6 +123,7 @@ static int sr_tty_mode(lua_State *L) {
   err = uv_tty_set_mode(&s->h.tty,
                         mode == 0 ? UV_TTY_MODE_NORMAL : UV_TTY_MODE_RAW);
   if (err < 0) return sr__fail(L, err);
+  sr_paste_mark(mode != 0);
   if (mode == 2) {
     struct termios t;
     if (tcgetattr(fd, &sr_raw_termios) < 0) return sr__fail(L, -errno);

@@ -415,8 +415,22 @@ function Editor:history_move(delta)
 end
 
 -- Apply one key (a character or an escape sequence) while idle.
+-- Byte positions of the start of the word before pos, and of the end of
+-- the word after it (words: runs of letters, digits and _).
+local function word_left(s, pos)
+  local head = s:sub(1, pos):gsub("[%w_]*[^%w_]*$", "")
+  return #head
+end
+
+local function word_right(s, pos)
+  local _, e = s:find("^[^%w_]*[%w_]*", pos + 1)
+  return e or pos
+end
+
 function Editor:key(k)
-  if k == "\r" or k == "\n" then
+  if type(k) == "table" then -- pasted text
+    self:insert(k.paste)
+  elseif k == "\r" or k == "\n" then
     local line = self.buf
     self:finish_line()
     self.buf, self.pos = "", 0
@@ -462,10 +476,17 @@ function Editor:key(k)
     self.buf = self.buf:sub(1, self.pos)
   elseif k == "\21" then -- Ctrl-U
     self.buf, self.pos = self.buf:sub(self.pos + 1), 0
-  elseif k == "\23" then -- Ctrl-W: the word before the cursor
-    local head = self.buf:sub(1, self.pos):gsub("%s*[^%s]*$", "")
+  elseif k == "\23" then -- Ctrl-W: the word (and blanks) before the cursor
+    local head = self.buf:sub(1, self.pos):gsub("[^%s]*%s*$", "")
     self.buf = head .. self.buf:sub(self.pos + 1)
     self.pos = #head
+  elseif k == "\27b" or k == "\27[1;5D" or k == "\27[1;3D" then -- Alt-b
+    self.pos = word_left(self.buf, self.pos)
+  elseif k == "\27f" or k == "\27[1;5C" or k == "\27[1;3C" then -- Alt-f
+    self.pos = word_right(self.buf, self.pos)
+  elseif k == "\27d" then -- Alt-d: the word after the cursor
+    self.buf = self.buf:sub(1, self.pos) ..
+        self.buf:sub(word_right(self.buf, self.pos) + 1)
   elseif k == "\12" then -- Ctrl-L
     raw_write(stdout, "\27[H\27[2J")
   elseif #k >= 1 and k:byte(1) >= 32 and k:byte(1) ~= 127 then
@@ -476,13 +497,43 @@ end
 
 -- Split input into keys: escape sequences whole, UTF-8 characters whole.
 -- Returns the keys and what is left of an incomplete sequence.
+-- Bracketed paste (the terminal marks pasted text, see run_tty): the text
+-- goes in as it is, Tabs included, in one insertion a line; each line end
+-- is an Enter, as typed.
+local PASTE_START, PASTE_END = "\27[200~", "\27[201~"
+
+local function paste_keys(keys, text)
+  text = text:gsub("\r\n", "\n"):gsub("\r", "\n")
+  local from = 1
+  while from <= #text do
+    local nl = text:find("\n", from, true)
+    local line = text:sub(from, (nl or #text + 1) - 1)
+    if line ~= "" then keys[#keys + 1] = { paste = line } end
+    if not nl then break end
+    keys[#keys + 1] = "\r"
+    from = nl + 1
+  end
+end
+
+-- A key as the bytes that make it (to queue it again).
+local function key_bytes(k)
+  return type(k) == "table" and PASTE_START .. k.paste .. PASTE_END or k
+end
+
 local function split_keys(data)
   local keys, i = {}, 1
   while i <= #data do
     local c = data:byte(i)
     local k
-    if c == 27 then
-      k = data:match("^\27%[[%d;]*[%a~]", i) or data:match("^\27O%a", i)
+    if c == 27 and data:sub(i, i + #PASTE_START - 1) == PASTE_START then
+      local e = data:find(PASTE_END, i + #PASTE_START, true)
+      if not e then break end -- wait for the rest of the paste
+      paste_keys(keys, data:sub(i + #PASTE_START, e - 1))
+      i = e + #PASTE_END
+      goto continue
+    elseif c == 27 then
+      k = data:match("^\27%[[%d;]*[%a~]", i) or data:match("^\27O%a", i) or
+          data:match("^\27[%a]", i) -- Alt-letter
       if not k then
         if data:match("^\27%[?[%d;]*$", i) then break end -- wait for more
         k = "\27" -- a lone Escape: ignored by Editor:key
@@ -495,6 +546,7 @@ local function split_keys(data)
     end
     keys[#keys + 1] = k
     i = i + #k
+    ::continue::
   end
   return keys, data:sub(i)
 end
@@ -599,7 +651,8 @@ local function run_tty(input)
         if k == "\3" then -- Ctrl-C typed ahead of the command mode
           cancel_command()
         else
-          queued = queued .. table.concat(keys, "", i) .. rest
+          for j = i, #keys do queued = queued .. key_bytes(keys[j]) end
+          queued = queued .. rest
           return
         end
       else
