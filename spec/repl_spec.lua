@@ -234,6 +234,12 @@ function Term:run(cmd, prompt)
   return out
 end
 
+-- The cursor's column (0-based).
+function Term:cursor_x()
+  return tonumber((sh(string.format("%s display -p -t %s '#{cursor_x}'",
+    self.tmux, self.name))))
+end
+
 -- Paste text as a terminal does (bracketed, when the REPL asked for it).
 function Term:paste(text)
   local path = tmp("paste")
@@ -413,6 +419,18 @@ describe("sockrun on a terminal", function()
       t:wait(function(ls) return ls[#ls - 1] == "1       2" end, "1, a Tab, 2")
       assert.equal(0, t:quit())
     end)
+
+  it("puts the cursor after wide characters at two columns each", function()
+    local t = term()
+    t:type('x = "\u{65E5}\u{672C}\u{8A9E}"') -- three CJK characters
+    t:wait(function() return t:cursor_x() == 2 + 5 + 6 + 1 end, "the cursor at 14")
+    t:key("Left", "Left")
+    t:type("Q")
+    t:wait(function() return t:cursor_x() == 2 + 5 + 4 + 1 end, "the cursor at 12")
+    t:key("Enter")
+    assert.same({ "\u{65E5}\u{672C}Q\u{8A9E}" }, t:run("x"))
+    assert.equal(0, t:quit())
+  end)
 
   it("edits by words: Ctrl-W takes the word and the blanks after it, Alt-b/Alt-f move",
     function()

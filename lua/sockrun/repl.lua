@@ -337,7 +337,35 @@ local function utf8_next(s, pos) -- position after the char starting at pos+1
   return i - 1
 end
 
-local function width(s) return utf8.len(s) or #s end
+-- Columns a string takes on the terminal: East Asian wide characters and
+-- most emoji take two, combining marks and joiners none (a small table of
+-- ranges, as wcwidth has them for the common scripts).
+local WIDE = { 0x1100, 0x115F, 0x2E80, 0x303E, 0x3041, 0x33FF, 0x3400, 0x4DBF,
+  0x4E00, 0x9FFF, 0xA000, 0xA4CF, 0xAC00, 0xD7A3, 0xF900, 0xFAFF,
+  0xFE30, 0xFE4F, 0xFF00, 0xFF60, 0xFFE0, 0xFFE6, 0x1F300, 0x1F64F,
+  0x1F900, 0x1F9FF, 0x20000, 0x2FFFD, 0x30000, 0x3FFFD }
+local ZERO = { 0x0300, 0x036F, 0x1AB0, 0x1AFF, 0x1DC0, 0x1DFF, 0x200B, 0x200F,
+  0x20D0, 0x20FF, 0xFE00, 0xFE0F, 0xFE20, 0xFE2F }
+
+local function in_ranges(ranges, c)
+  for i = 1, #ranges, 2 do
+    if c < ranges[i] then return false end
+    if c <= ranges[i + 1] then return true end
+  end
+  return false
+end
+
+local function width(s)
+  if not s:find("[\x80-\xFF]") then return #s end
+  if not utf8.len(s) then return #s end -- not UTF-8: a column a byte
+  local w = 0
+  for _, c in utf8.codes(s) do
+    if in_ranges(ZERO, c) then
+    elseif in_ranges(WIDE, c) then w = w + 2
+    else w = w + 1 end
+  end
+  return w
+end
 
 -- Redraw prompt and input, wrapped at the terminal's width: go back to the
 -- first row of the last render, clear to the end of the screen, write,
