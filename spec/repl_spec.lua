@@ -618,6 +618,28 @@ describe("sockrun on a terminal", function()
     assert.equal(0, t:quit())
   end)
 
+  it("offers names starting with _ only for a partial name that does", function()
+    local t = term()
+    assert.same({}, t:run("tt = { _hidden = 1, shown = 2 }"))
+    t:type("tt.")
+    t:key("Tab")
+    t:wait_last("> tt.shown")
+    t:key("C-u")
+    t:type("tt._")
+    t:key("Tab")
+    t:wait_last("> tt._hidden")
+    t:key("C-u")
+    -- after an expression, whose value is not known: nothing, not globals
+    t:type('("abc"):r')
+    t:key("Tab")
+    t:key("Tab")
+    nap(0.2)
+    local ls = t:wait_last('> ("abc"):r')
+    assert.is_nil(ls[#ls - 1]:find("rawequal", 1, true))
+    t:key("C-u")
+    assert.equal(0, t:quit())
+  end)
+
   it("prints background output above a half-typed line and keeps it",
     function()
       if not HAVE_NC then error("nc not found (tools/deps.sh)") end
@@ -797,6 +819,11 @@ describe("sockrun on a pipe", function()
       assert.equal(0, code) -- not 124: EOF ended it though srv listens
       assert.equal("hi\n", out)
     end)
+
+  it("prints a table's names starting with _ after the others", function()
+    local out = pipe("{ _b = 1, a = 2, c = 3, _a = 4 }\n")
+    assert.equal("{ a = 2, c = 3, _a = 4, _b = 1 }\n", out)
+  end)
 
   it("prints an error and its traceback to stderr and goes on", function()
     local out, err, code = pipe('error("boom")\n1 + 1\nerror({})\n' ..

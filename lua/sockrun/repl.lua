@@ -30,11 +30,17 @@ local function quote(s)
   return (string.format("%q", s):gsub("\\\n", "\\n"):gsub("\r", "\\r"))
 end
 
--- Sort keys by type (numbers, strings, others), then by value.
+-- Sort keys by type (numbers, strings, others), then by value; names
+-- that start with "_" (private by convention) after the others, so that a
+-- table cut at MAX_ITEMS shows its public part.
 local type_rank = { number = 1, string = 2 }
 local function key_less(a, b)
   local ta, tb = type_rank[type(a)] or 3, type_rank[type(b)] or 3
   if ta ~= tb then return ta < tb end
+  if ta == 2 then
+    local pa, pb = a:sub(1, 1) == "_", b:sub(1, 1) == "_"
+    if pa ~= pb then return pb end
+  end
   if ta < 3 then return a < b end
   return tostring(a) < tostring(b)
 end
@@ -233,14 +239,18 @@ function M.complete(before)
   if sep == "" then
     pool = names_of(_G)
     for k in pairs(keywords) do pool[#pool + 1] = k end
+  elseif path == "" then -- after an expression, ("abc"):, whose value is unknown
+    return partial, {}
   else
     local v = lookup(path)
     if v == nil then return partial, {} end
     pool = names_of(v, sep == ":")
   end
   local cands, seen = {}, {}
+  local private = partial:sub(1, 1) == "_" -- else "_" names are not offered
   for _, name in pairs(pool) do
-    if name:sub(1, #partial) == partial and not seen[name] then
+    if name:sub(1, #partial) == partial and not seen[name] and
+        (private or name:sub(1, 1) ~= "_") then
       seen[name] = true
       cands[#cands + 1] = name
     end
