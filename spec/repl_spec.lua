@@ -618,6 +618,17 @@ describe("sockrun on a terminal", function()
     assert.equal(0, t:quit())
   end)
 
+  it("says on Ctrl-D that it waits for running handlers, and Ctrl-C ends them",
+    function()
+      local t = term()
+      t:run(listen_cmd("function(c) sr.sleep(30) end"))
+      assert.same({}, t:run("c = sr.connect(srv:getsockname())"))
+      t:key("C-d")
+      t:wait_line("sockrun: waiting up to 5 s for 1 connection handler to end", true)
+      t:key("C-c")
+      assert.equal(0, t:wait_exit())
+    end)
+
   it("offers names starting with _ only for a partial name that does", function()
     local t = term()
     assert.same({}, t:run("tt = { _hidden = 1, shown = 2 }"))

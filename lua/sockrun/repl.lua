@@ -773,6 +773,13 @@ function M.run()
   restore()
   if input then input:close() end
   stdout:flush()
+  -- the binary's stop lets connection handlers finish: say why it waits
+  local running = #core.handlers()
+  if running > 0 and sr._binary and core.isatty(2) then
+    stderr:write(string.format("sockrun: waiting up to %g s for %d " ..
+      "connection handler%s to end (Ctrl-C ends them now)\n", sr.grace,
+      running, running == 1 and "" or "s"))
+  end
   sr.stop()
   if not ok then error(err, 0) end
 end
