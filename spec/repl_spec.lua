@@ -651,6 +651,18 @@ describe("sockrun on a terminal", function()
     assert.equal(0, t:quit())
   end)
 
+  it("prints a task's warn() above a half-typed line and keeps it", function()
+    local t = term()
+    t:run("sr.spawn(function() sr.sleep(0.3) warn('care', 'ful') end)")
+    t:type("half typed")
+    t:wait(function(l)
+      return l[#l] == "> half typed" and l[#l - 1] == "Lua warning: careful"
+    end, "the warning above the line")
+    t:key("C-u")
+    assert.same({}, t:run('warn("@off"); warn("hidden"); warn("@on")'))
+    assert.equal(0, t:quit())
+  end)
+
   it("prints background output above a half-typed line and keeps it",
     function()
       if not HAVE_NC then error("nc not found (tools/deps.sh)") end

@@ -318,13 +318,35 @@ local function guarded_print(...)
   stdout:write(table.concat(parts, "\t"), "\n")
 end
 
+-- warn() as the binary's warning function prints, but around the prompt.
+-- (Warnings Lua itself emits, an error in a __gc, still go straight out.)
+local function guarded_warn(original)
+  local on, pieces = true, {} -- the binary turns warnings on
+  return function(...)
+    local n = select("#", ...)
+    for i = 1, n do
+      if type((select(i, ...))) ~= "string" then
+        return original(...) -- raises, worded as Lua does
+      end
+    end
+    local msg = table.concat({ ... })
+    if n == 1 and msg:sub(1, 1) == "@" then -- a control message
+      if msg == "@on" then on = true elseif msg == "@off" then on = false end
+      return original(msg)
+    end
+    if on then stderr:write("Lua warning: ", msg, "\n") end
+  end
+end
+
 local function install_output_guards()
-  local saved = { FILE_index.write, _G.print, io.write }
+  local saved = { FILE_index.write, _G.print, io.write, _G.warn }
   FILE_index.write = guarded_write
   _G.print = guarded_print
   io.write = function(...) return io.output():write(...) end
+  if sr._binary then _G.warn = guarded_warn(saved[4]) end
   return function()
-    FILE_index.write, _G.print, io.write = saved[1], saved[2], saved[3]
+    FILE_index.write, _G.print, io.write, _G.warn =
+        saved[1], saved[2], saved[3], saved[4]
   end
 end
 
