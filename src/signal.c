@@ -3,6 +3,7 @@
 ** of a signal. Watching a signal does not keep the loop alive.
 */
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,21 +23,40 @@ static const struct {
                    {"SIGWINCH", SIGWINCH}, {"SIGCHLD", SIGCHLD},
                    {"SIGALRM", SIGALRM},   {NULL, 0}};
 
-/* Spawn a task running the handler: the main thread's stack is free here,
-** since callbacks run from uv_run, which no task ever calls. */
-static void sr_signal_cb(uv_signal_t *h, int signum) {
-  sr_signal *sg = (sr_signal *)h;
-  sr_loop *lp = h->loop->data;
-  lua_State *L = lp->L;
-  int i;
-  if (L == NULL) return;
+/* Under sr_signal_cb's protected call: spawn the handler's task with the
+** signal's name. Everything that allocates is in here, so that running
+** out of memory fails this delivery only, not the loop. */
+static int sr_signal_dispatch(lua_State *L) {
+  sr_loop *lp = lua_touserdata(L, 1);
+  const sr_signal *sg = lua_touserdata(L, 2);
+  int i, signum = (int)lua_tointeger(L, 3);
+  lua_settop(L, 0);
   lua_pushlightuserdata(L, lp);
   lua_pushcclosure(L, sr__spawn, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sg->fn);
   for (i = 0; sr_signames[i].name && sr_signames[i].num != signum; i++) {
   }
   lua_pushstring(L, sr_signames[i].name ? sr_signames[i].name : "?");
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+/* The main thread's stack is free here, since callbacks run from uv_run,
+** which no task ever calls. */
+static void sr_signal_cb(uv_signal_t *h, int signum) {
+  sr_signal *sg = (sr_signal *)h;
+  sr_loop *lp = h->loop->data;
+  lua_State *L = lp->L;
+  if (L == NULL || !lua_checkstack(L, 4)) return;
+  lua_pushcfunction(L, sr_signal_dispatch); /* (pushes allocate nothing) */
+  lua_pushlightuserdata(L, lp);
+  lua_pushlightuserdata(L, sg);
+  lua_pushinteger(L, signum);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    fprintf(stderr, "sockrun: cannot run a signal handler: %s\n",
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    lua_pop(L, 1);
+  }
 }
 
 /* sr.signal(name, fn): watch; sr.signal(name, nil): stop watching. */
