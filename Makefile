@@ -77,11 +77,17 @@ run: deps
 	$(MAKE) all
 	$(BUILD)/sockrun examples/echo_server.lua
 
-test: all
+test: all $(BUILD)/lua-failalloc
 	LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/spec/?.lua;;" \
 	LUA_CPATH="$(CURDIR)/$(BUILD)/lua/?.so;;" \
 	SOCKRUN="$(CURDIR)/$(BUILD)/sockrun" \
+	LUA_FAILALLOC="$(CURDIR)/$(BUILD)/lua-failalloc" \
 	$(LUA) $$(command -v $(BUSTED)) --output=spec/summary.lua spec
+
+# A Lua interpreter whose allocator fails on demand, for the specs of what
+# happens out of memory (tools/lua-failalloc.c).
+$(BUILD)/lua-failalloc: tools/lua-failalloc.c
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LUA_LIBS) -lm
 
 # The same specs with AddressSanitizer and UndefinedBehaviorSanitizer,
 # leak detection on, run by a small sanitized Lua interpreter (see
@@ -92,12 +98,14 @@ $(BUILD)/lua-san: tools/lua-san.c
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LUA_LIBS) -lm
 
 sanitize:
-	$(MAKE) BUILD=build-san SAN="$(SAN_FLAGS)" OPT="-O1 -g" all build-san/lua-san
+	$(MAKE) BUILD=build-san SAN="$(SAN_FLAGS)" OPT="-O1 -g" all build-san/lua-san \
+	  build-san/lua-failalloc
 	ASAN_OPTIONS=detect_leaks=1:exitcode=23 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/spec/?.lua;;" \
 	LUA_CPATH="$(CURDIR)/build-san/lua/?.so;;" \
 	SOCKRUN="$(CURDIR)/build-san/sockrun" \
+	LUA_FAILALLOC="$(CURDIR)/build-san/lua-failalloc" \
 	build-san/lua-san $$(command -v $(BUSTED)) --output=spec/summary.lua spec
 
 install: all

@@ -1109,6 +1109,66 @@ sock = sr.udp("127.0.0.1", 0)
     end)
 end)
 
+describe("running out of memory", function()
+  -- A host whose allocator fails on demand (tools/lua-failalloc.c): what
+  -- fails while the loop runs a callback must fail there, not unwind out
+  -- of the loop and leave it wedged.
+  local function run_failing(src)
+    local host = assert(os.getenv("LUA_FAILALLOC"),
+      "LUA_FAILALLOC names tools/lua-failalloc (make test sets it)")
+    local path = H.tmpfile(src, ".lua")
+    local errpath = H.tmpfile("")
+    local out, code = H.sh(string.format("timeout 20 %s %s 2>%s", H.q(host),
+      H.q(path), H.q(errpath)))
+    return out, H.slurp(errpath), code
+  end
+
+  it("fails the task that ran out in a callback alone; the loop runs on",
+    function()
+      local out, err, code = run_failing([[
+        local sr = require "sockrun"
+        local t
+        local ok, err = pcall(sr.run, function()
+          t = sr.current()
+          sr.sleep(0.01) -- from here on resumed by the loop
+          failalloc(0)
+          local big = {}
+          for i = 1, 1e6 do big[i] = i end
+        end)
+        failalloc(nil)
+        print(ok, err, t:status(), select(2, sr._core.counts()))
+        print(pcall(sr.run, function() sr.sleep(0.01) end))
+      ]])
+      assert.equal(0, code, err)
+      assert.equal("true\ttrue\tfailed\t0\t0\ntrue\ttrue\n", out)
+      assert.matches("not enough memory", err)
+    end)
+
+  it("loses the signal delivered as memory ran out alone; the loop runs on",
+    function()
+      local out, err, code = run_failing([[
+        local sr = require "sockrun"
+        local pid = io.open("/proc/self/stat"):read("l"):match("^%d+")
+        local got = 0
+        sr.signal("SIGUSR1", function() got = got + 1 end)
+        print(pcall(sr.run, function()
+          os.execute("kill -USR1 " .. pid)
+          failalloc(0)
+          sr.sleep(0.05)
+          failalloc(nil)
+        end))
+        print(pcall(sr.run, function()
+          os.execute("kill -USR1 " .. pid)
+          sr.sleep(0.05)
+        end))
+        print(got)
+      ]])
+      assert.equal(0, code, err)
+      assert.equal("true\ttrue\ntrue\ttrue\n1\n", out)
+      assert.matches("cannot run a signal handler: not enough memory", err)
+    end)
+end)
+
 describe("signal dispositions", function()
   -- A host application: prints its signal masks before and after
   -- require "sockrun", then writes to a peer that reset the connection and

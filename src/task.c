@@ -305,6 +305,11 @@ static void sr_task_finish(sr_task *t) {
 
 /* Hand a failed task's traceback (at the top of L) to sr.onerror, or print
 ** it; the error object is at 1 and the task userdata at 2. */
+static const char *sr_error_text(lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx)
+                                         : "(error object is not a string)";
+}
+
 static void sr_task_report(sr_loop *lp, lua_State *L) {
   if (lp->onerror_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->onerror_ref);
@@ -312,71 +317,109 @@ static void sr_task_report(sr_loop *lp, lua_State *L) {
     lua_pushvalue(L, -3); /* traceback */
     lua_pushvalue(L, 2);
     if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
-    fprintf(stderr, "sockrun: error in sr.onerror: %s\n", lua_tostring(L, -1));
+    fprintf(stderr, "sockrun: error in sr.onerror: %s\n", sr_error_text(L, -1));
     lua_pop(L, 1);
   }
-  fprintf(stderr, "sockrun: %s\n", lua_tostring(L, -1));
+  fprintf(stderr, "sockrun: %s\n", sr_error_text(L, -1));
   fflush(stderr);
 }
 
-/*
-** The task's function raised; its error object is at the top of co, whose
-** stack Lua leaves as it was where the error happened. Take the traceback
-** from it, then reset the coroutine: that runs its pending to-be-closed
-** variables (an error in one of them replaces the error object, as Lua's
-** own rule for them says) and leaves the error object alone on a fresh
-** stack, where the sr.onerror hook runs. A handler's connection is closed
-** before the hook, so what the handler gathered leaves even if the hook
-** exits. Then the error object replaces the coroutine in the task, for
-** join. Tasks thus need no protected-call frame of their own, which keeps
-** an idle task's stack small.
-*/
-static void sr_task_failed(sr_task *t) {
-  sr_loop *lp = t->loop;
-  lua_State *co = t->co;
-  sr_task *prev = lp->current;
-  int tb = LUA_NOREF, err = LUA_NOREF;
-  t->state = SR_TASK_FAILED;
-  t->nres = 0;
-  if (lua_checkstack(co, 3)) { /* else it overflowed: no traceback */
-    const char *msg = lua_tostring(co, -1);
-    int pushed = 0;
-    lua_pushvalue(co, -1);
-    err = luaL_ref(co, LUA_REGISTRYINDEX); /* to tell if a <close> replaces it */
-    if (msg == NULL) {
-      msg = lua_pushfstring(co, "(error object is a %s value)",
-                            luaL_typename(co, -1));
-      pushed = 1;
-    }
-    luaL_traceback(co, co, msg, 0);
-    tb = luaL_ref(co, LUA_REGISTRYINDEX);
-    lua_pop(co, pushed);
-  }
-  sr_task_reset(t); /* the error object at 1 */
-  lua_settop(co, 1);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref); /* the task, at 2 */
-  if (tb != LUA_NOREF) {
-    lua_rawgeti(co, LUA_REGISTRYINDEX, err);
+/* What sr_task_failed gathers under its protected calls. */
+typedef struct {
+  sr_task *t;
+  int err, tb; /* registry refs: the first error object, its traceback */
+} sr_failure;
+
+/* Protected, on the main thread: refs to the error object (at 2) and to
+** the traceback of the task's dead coroutine, whose stack Lua left as it
+** was where the error happened. */
+static int sr_failure_traceback(lua_State *L) {
+  sr_failure *f = lua_touserdata(L, 1);
+  const char *msg;
+  lua_pushvalue(L, 2);
+  f->err = luaL_ref(L, LUA_REGISTRYINDEX); /* to tell if a <close> replaces it */
+  msg = lua_tostring(L, 2);
+  if (msg == NULL)
+    msg = lua_pushfstring(L, "(error object is a %s value)",
+                          luaL_typename(L, 2));
+  luaL_traceback(L, f->t->co, msg, 0);
+  f->tb = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* Protected, on the reset coroutine, with the error object (1), the task
+** (2) and the failure (3): the traceback to report, then the report. */
+static int sr_failure_report(lua_State *co) {
+  sr_failure *f = lua_touserdata(co, 3);
+  lua_settop(co, 2);
+  if (f->tb == LUA_NOREF) {
+    luaL_tolstring(co, 1, NULL);
+  } else {
+    lua_rawgeti(co, LUA_REGISTRYINDEX, f->err);
     if (!lua_rawequal(co, 1, -1)) {
       /* a to-be-closed variable raised while closing: its error is the
       ** task's; the traceback is the first error's, and says so */
       luaL_tolstring(co, 1, NULL);
       lua_pushliteral(co, "\n(raised closing a to-be-closed variable, after: ");
-      lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, f->tb);
       lua_pushliteral(co, ")");
       lua_concat(co, 4);
     } else {
-      lua_rawgeti(co, LUA_REGISTRYINDEX, tb);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, f->tb);
     }
     lua_remove(co, -2);
-    luaL_unref(co, LUA_REGISTRYINDEX, tb);
-    luaL_unref(co, LUA_REGISTRYINDEX, err);
-  } else {
-    luaL_tolstring(co, 1, NULL);
   }
+  sr_task_report(f->t->loop, co);
+  return 0;
+}
+
+/*
+** The task's function raised; its error object is at the top of co. Take
+** the traceback, then reset the coroutine: that runs its pending
+** to-be-closed variables (an error in one of them replaces the error
+** object, as Lua's own rule for them says) and leaves the error object
+** alone on a fresh stack, where the sr.onerror hook runs. A handler's
+** connection is closed before the hook, so what the handler gathered
+** leaves even if the hook exits. Then the error object replaces the
+** coroutine in the task, for join. Tasks thus need no protected-call frame
+** of their own, which keeps an idle task's stack small. What allocates
+** runs under protected calls: this runs from libuv callbacks, and out of
+** memory there must cost the report, not unwind out of uv_run.
+*/
+static void sr_task_failed(sr_task *t) {
+  sr_loop *lp = t->loop;
+  lua_State *co = t->co, *L = lp->L;
+  sr_task *prev = lp->current;
+  sr_failure f;
+  f.t = t;
+  f.err = f.tb = LUA_NOREF;
+  t->state = SR_TASK_FAILED;
+  t->nres = 0;
+  /* (else the stack overflowed: no traceback) */
+  if (lua_checkstack(co, 1) && lua_checkstack(L, 3)) {
+    lua_pushcfunction(L, sr_failure_traceback); /* pushes that allocate */
+    lua_pushlightuserdata(L, &f);                /* nothing */
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+  }
+  sr_task_reset(t); /* the error object at 1 */
+  lua_settop(co, 1);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, t->ref); /* the task, at 2 */
   lp->current = t; /* a hook that blocks gets a clear error */
-  sr_task_report(lp, co);
+  lua_pushcfunction(co, sr_failure_report);
+  lua_pushvalue(co, 1);
+  lua_pushvalue(co, 2);
+  lua_pushlightuserdata(co, &f);
+  if (lua_pcall(co, 3, 0, 0) != LUA_OK) {
+    fputs("sockrun: a task failed, and reporting it failed too (out of "
+          "memory?)\n",
+          stderr);
+    lua_pop(co, 1);
+  }
   lp->current = prev;
+  luaL_unref(co, LUA_REGISTRYINDEX, f.tb);
+  luaL_unref(co, LUA_REGISTRYINDEX, f.err);
   lua_pushvalue(co, 1);
   lua_setiuservalue(co, 2, SR_TASK_UV_THREAD);
   lua_settop(co, 0); /* a dead coroutine, no longer anchored: */
@@ -627,8 +670,7 @@ static int sr_task_cancel(lua_State *L) {
   if (st != LUA_OK) {
     lua_State *co = t->co;
     fprintf(stderr, "sockrun: error closing cancelled task: %s\n",
-            lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1)
-                                            : luaL_typename(co, -1));
+            sr_error_text(co, -1));
   }
   lua_settop(t->co, 0);
   t->nres = 0;
