@@ -85,16 +85,16 @@ test: all $(BUILD)/lua-failalloc
 	$(LUA) $$(command -v $(BUSTED)) --output=spec/summary.lua spec
 
 # A Lua interpreter whose allocator fails on demand, for the specs of what
-# happens out of memory (tools/lua-failalloc.c).
-$(BUILD)/lua-failalloc: tools/lua-failalloc.c
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LUA_LIBS) -lm
+# happens out of memory (tools/lua-host.c).
+$(BUILD)/lua-failalloc: tools/lua-host.c
+	$(CC) $(ALL_CFLAGS) -DFAILALLOC -o $@ $< $(LUA_LIBS) -lm
 
 # The same specs with AddressSanitizer and UndefinedBehaviorSanitizer,
 # leak detection on, run by a small sanitized Lua interpreter (see
-# tools/lua-san.c) so that no process the specs start inherits ASan.
+# tools/lua-host.c) so that no process the specs start inherits ASan.
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer \
             -fno-sanitize-recover=undefined
-$(BUILD)/lua-san: tools/lua-san.c
+$(BUILD)/lua-san: tools/lua-host.c
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LUA_LIBS) -lm
 
 sanitize:

@@ -1110,7 +1110,7 @@ sock = sr.udp("127.0.0.1", 0)
 end)
 
 describe("running out of memory", function()
-  -- A host whose allocator fails on demand (tools/lua-failalloc.c): what
+  -- A host whose allocator fails on demand (lua-failalloc, tools/lua-host.c): what
   -- fails while the loop runs a callback must fail there, not unwind out
   -- of the loop and leave it wedged.
   local function run_failing(src)
