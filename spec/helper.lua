@@ -101,6 +101,17 @@ end
 --- Assert that `...` is exactly nil, a message, `code` (any string when nil).
 function H.assert_fail(code, ...) return H.assert_fail_msg(nil, code, ...) end
 
+--- Assert that `...` is what joining a failed task gives: nil, a message,
+-- "ETASK", the error object; returns the message and the object.
+function H.assert_task_failed(...)
+  assert.equal(4, select("#", ...), "expected nil, message, \"ETASK\", error")
+  local ok, m, c, obj = ...
+  assert.is_nil(ok)
+  assert.equal("string", type(m))
+  assert.equal("ETASK", c)
+  return m, obj
+end
+
 --- Assert that `...` is exactly nil, "socket is closed", "EBADF".
 function H.assert_closed(...)
   H.assert_fail_msg("socket is closed", "EBADF", ...)

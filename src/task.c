@@ -602,13 +602,13 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
           lua_xmove(target->co, L, 1);
         }
         return target->nres;
-      case SR_TASK_FAILED:
+      case SR_TASK_FAILED: /* nil, its message, "ETASK", the error object */
         luaL_pushfail(L);
-        lua_getiuservalue(L, 1, SR_TASK_UV_THREAD); /* its error object */
+        lua_getiuservalue(L, 1, SR_TASK_UV_THREAD);
         luaL_tolstring(L, -1, NULL);
-        lua_remove(L, -2);
         lua_pushliteral(L, "ETASK");
-        return 3;
+        lua_rotate(L, -3, -1);
+        return 4;
       case SR_TASK_CANCELLED: return sr__fail(L, UV_ECANCELED);
       default: break;
     }
