@@ -24,8 +24,8 @@ extern const struct sr_embedded {
 
 static const char *sr_progname = "sockrun";
 
-static void sr_usage(void) {
-  fprintf(stderr,
+static void sr_usage(FILE *f) {
+  fprintf(f,
           "usage: %s [options] [script [args]]\n"
           "Available options are:\n"
           "  -e stat   execute string 'stat'\n"
@@ -162,6 +162,14 @@ static void sr_create_arg(lua_State *L, sr_args *a) {
   lua_setglobal(L, "arg");
 }
 
+/* A bad command line, said as lua5.4 says it; then the usage follows. */
+static int sr_bad_option(const char *fmt, const char *what) {
+  fprintf(stderr, "%s: ", sr_progname);
+  fprintf(stderr, fmt, what);
+  fputc('\n', stderr);
+  return -1;
+}
+
 static int sr_collect(int argc, char **argv, sr_args *a, int *interactive,
                       int *version) {
   int i;
@@ -181,13 +189,15 @@ static int sr_collect(int argc, char **argv, sr_args *a, int *interactive,
       return 0;
     }
     if (strcmp(o, "-e") == 0 || strcmp(o, "-l") == 0) {
-      if (++i >= argc) return -1;
+      if (++i >= argc) return sr_bad_option("'%s' needs argument", o);
     } else if (strcmp(o, "-w") == 0) {
       char *end;
       long n;
-      if (++i >= argc) return -1;
+      if (++i >= argc) return sr_bad_option("'%s' needs argument", o);
       n = strtol(argv[i], &end, 10);
-      if (*end != '\0' || n < 1 || n > 1024) return -1;
+      if (*end != '\0' || n < 1 || n > 1024)
+        return sr_bad_option("-w takes a number of workers, 1 to 1024, "
+                             "not '%s'", argv[i]);
       a->workers = (int)n;
     } else if (strcmp(o, "-i") == 0) {
       *interactive = 1;
@@ -196,7 +206,7 @@ static int sr_collect(int argc, char **argv, sr_args *a, int *interactive,
     } else if (strcmp(o, "-h") == 0 || strcmp(o, "--help") == 0) {
       return 1;
     } else {
-      return -1;
+      return sr_bad_option("unrecognized option '%s'", o);
     }
   }
   return 0;
@@ -383,8 +393,8 @@ int main(int argc, char **argv) {
   a.argv = argv;
   if (argv[0] && argv[0][0]) sr_progname = argv[0];
   r = sr_collect(argc, argv, &a, &interactive, &version);
-  if (r != 0) {
-    sr_usage();
+  if (r != 0) { /* -h asked for it: on stdout; else after the error */
+    sr_usage(r < 0 ? stderr : stdout);
     return r < 0 ? 1 : 0;
   }
   if (version) {
