@@ -201,7 +201,7 @@ describe("an unknown option", function()
     local out, err, code = H.run("-Z")
     assert.equal(1, code)
     assert.equal("", out)
-    assert.matches("unrecognized option '-Z'\nusage", err)
+    assert.matches("unrecognized option '-Z'\nusage", err, 1, true)
   end)
 
   it("or a missing or bad argument is said so", function()
