@@ -838,6 +838,9 @@ static int sr_socket_tostring(lua_State *L) {
                       (int)lua_tointeger(L, -1));
       lua_replace(L, -3);
       lua_pop(L, 1);
+    } else if (lua_rawlen(L, -1) == 0) { /* a unix socket with no name */
+      lua_pop(L, 1);
+      lua_pushliteral(L, "unnamed");
     }
     luaL_addvalue(&b);
   }
