@@ -14,7 +14,7 @@ local math_type, string_format = math.type, string.format
 local M = {}
 local private = { methods = true, counts = true, addrfamily = true,
   stdin = true, isatty = true, ttymode = true, winsize = true, serve = true,
-  handlers = true, interruptible = true }
+  handlers = true, interruptible = true, unlink_stale = true }
 for k, v in pairs(core) do
   if not private[k] then M[k] = v end
 end
@@ -343,6 +343,10 @@ function M.listen(host, port, handler, opts)
     s, err, code = socket("unix", "stream")
     if not s then return nil, err, code end
     ok, err, code = raw_bind(s, host)
+    -- a socket file left by a server that is gone: take its place
+    if code == "EADDRINUSE" and core.unlink_stale(host) then
+      ok, err, code = raw_bind(s, host)
+    end
   else
     local kind = check_host(host, 1, "listen")
     port = check_port(port, 2, "listen")

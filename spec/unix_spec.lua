@@ -165,6 +165,26 @@ describe("unix stream sockets with sr.listen and sr.connect", function()
       os.remove(path)
     end)
 
+  it("sr.listen takes the place of a stale socket file, not of a live server or a file",
+    function()
+      local path = H.tmppath()
+      local bound = assert(sr.socket("unix", "stream"))
+      assert(bound:bind(path)) -- bound, never listened: its file stays
+      bound:close()
+      local srv = assert(sr.listen(path, H.echo))
+      local c = assert(sr.connect(path))
+      assert.equal("x", c:write("x\n"):read("l"))
+      c:close()
+      H.assert_fail("EADDRINUSE", sr.listen(path, H.echo)) -- it is live
+      srv:close()
+      local file = H.tmppath("file")
+      local f = assert(io.open(file, "w"))
+      f:write("data")
+      f:close()
+      H.assert_fail("EADDRINUSE", sr.listen(file, H.echo))
+      assert.equal("data", H.slurp(file))
+    end)
+
   it("raise for a bad path or handler", function()
     H.raises(function() return sr.connect("") end, "bad argument #1")
     H.raises(function() return sr.listen("", H.echo) end, "bad argument #1")

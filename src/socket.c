@@ -11,6 +11,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -889,6 +890,31 @@ static int sr_addrfamily(lua_State *L) {
   }
 }
 
+/*
+** core.unlink_stale(path): removes path if it is a unix socket file that
+** nothing listens on any more (a server that died, or a socket bound and
+** never listened), so that sr.listen can bind it again; true if it did.
+** Only a socket file whose connect is refused: never a regular file, nor
+** the path of a live server (connected to, or with its backlog full).
+*/
+static int sr_unlink_stale(lua_State *L) {
+  struct sockaddr_storage ss;
+  socklen_t len = sr__check_unaddr(L, 1, &ss);
+  const char *path = lua_tostring(L, 1);
+  struct stat st;
+  int fd, stale = 0;
+  if (path[0] == '@' || path[0] == '\0' || lstat(path, &st) < 0 ||
+      !S_ISSOCK(st.st_mode))
+    return 0;
+  if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0)
+    return 0;
+  if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno == ECONNREFUSED)
+    stale = unlink(path) == 0;
+  close(fd);
+  lua_pushboolean(L, stale);
+  return 1;
+}
+
 static const luaL_Reg sr_socket_methods[] = {
     {"setsockopt", sr_socket_setsockopt},
     {"getsockopt", sr_socket_getsockopt},
@@ -958,6 +984,8 @@ void sr__socket_open(lua_State *L, sr_loop *lp) {
   lua_setfield(L, -2, "socket");
   lua_pushcfunction(L, sr_addrfamily);
   lua_setfield(L, -2, "addrfamily");
+  lua_pushcfunction(L, sr_unlink_stale);
+  lua_setfield(L, -2, "unlink_stale");
   for (i = 0; sr_constants[i].name != NULL; i++) {
     lua_pushinteger(L, sr_constants[i].value);
     lua_setfield(L, -2, sr_constants[i].name);
