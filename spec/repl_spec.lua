@@ -420,6 +420,29 @@ describe("sockrun on a terminal", function()
       assert.equal(0, t:quit())
     end)
 
+  it("redraws a wrapped line in place after the terminal is resized", function()
+    local t = term()
+    local line = 'x = "' .. string.rep("abcdefghij", 25) .. '"' -- 256 columns
+    t:type(line)
+    t:wait_last("> " .. line)
+    for _, width in ipairs({ 120, 300, 77 }) do
+      sh(string.format("%s resize-window -t %s -x %d -y 50", t.tmux, t.name, width))
+      nap(0.1)
+      t:key("Left", "Right") -- a redraw at the new width
+      -- on the visible screen (tmux's rewrap may push rows of the old
+      -- render into its history, out of any program's reach)
+      local ok = H.wait_for(function()
+        local out = sh(string.format("%s capture-pane -p -J -t %s", t.tmux, t.name))
+        local _, n = out:gsub('> x = "', "")
+        return n == 1 and out:find("> " .. line, 1, true) ~= nil
+      end, 5, 0.05)
+      assert(ok, "one copy of the line at width " .. width)
+    end
+    t:key("Enter")
+    assert.same({ string.rep("abcdefghij", 25) }, t:run("x"))
+    assert.equal(0, t:quit())
+  end)
+
   it("puts the cursor after wide characters at two columns each", function()
     local t = term()
     t:type('x = "\u{65E5}\u{672C}\u{8A9E}"') -- three CJK characters

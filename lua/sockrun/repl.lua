@@ -399,12 +399,19 @@ local function width(s)
   return w
 end
 
--- Redraw prompt and input, wrapped at the terminal's width: go back to the
--- first row of the last render, clear to the end of the screen, write,
--- then put the cursor in place. crow is the cursor's row in the render.
-function Editor:draw()
+function Editor:columns()
   local cols = self.input and select(1, core.winsize(self.input)) or 80
   if not cols or cols < 1 then cols = 80 end
+  return cols
+end
+
+-- Redraw prompt and input, wrapped at the terminal's width: go back to the
+-- first row of the last render, clear to the end of the screen, write,
+-- then put the cursor in place. ccur is the cursor's column counted from
+-- the start of the render, so its row is ccur // width, also after the
+-- terminal was resized and rewrapped the render (as terminals do now).
+function Editor:draw()
+  local cols = self:columns()
   local plen = width(self.prompt)
   local total = plen + width(self.buf)
   local cur = plen + width(self.buf:sub(1, self.pos))
@@ -420,14 +427,14 @@ function Editor:draw()
   if ccol > 0 then out[#out + 1] = "\27[" .. ccol .. "C" end
   raw_write(stdout, table.concat(out))
   stdout:flush()
-  self.crow = crow
+  self.ccur = cur
   self.shown = true
 end
 
 -- Escape codes that move to the first row of the render and clear it all.
 function Editor:home()
-  local up = self.crow or 0
-  self.crow = 0
+  local up = (self.ccur or 0) // self:columns()
+  self.ccur = 0
   return (up > 0 and ("\27[" .. up .. "A") or "") .. "\r\27[J"
 end
 
@@ -437,7 +444,7 @@ function Editor:finish_line(suffix)
   self:draw()
   raw_write(stdout, suffix or "", "\r\n")
   stdout:flush()
-  self.crow = 0
+  self.ccur = 0
   self.shown = false
 end
 
