@@ -205,6 +205,28 @@ describe("task:join", function()
     assert.equal("failed", t:status())
   end)
 
+  it("gives the error to a task that joins while the failure is handled", function()
+    -- the failing handler's connection closes as it fails, which wakes
+    -- its reader at once, before the failure is done
+    H.quiet_errors()
+    local got
+    local srv = assert(sr.listen("127.0.0.1", 0, function(c)
+      local handler = sr.current()
+      sr.spawn(function()
+        c:read()
+        got = table.pack(handler:join())
+      end)
+      sr.sleep(0.01)
+      error("handler fails")
+    end))
+    local c = H.connect(select(2, srv:getsockname()))
+    assert.is_true(H.wait_for(function() return got ~= nil end))
+    local msg = H.assert_task_failed(table.unpack(got, 1, got.n))
+    assert.matches("handler fails", msg)
+    c:close()
+    srv:close()
+  end)
+
   it("returns ETASK for a task that failed before spawn returned", function()
     H.quiet_errors()
     local t = sr.spawn(function() error("at once") end)

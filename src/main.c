@@ -439,7 +439,9 @@ int main(int argc, char **argv) {
   lua_pushcfunction(L, sr_pmain);
   lua_pushlightuserdata(L, &a);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    fprintf(stderr, "%s: %s\n", sr_progname, lua_tostring(L, -1));
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "%s: %s\n", sr_progname,
+            msg != NULL ? msg : "(error object is not a string)");
     status = 1;
   } else {
     status = lua_toboolean(L, -1) ? 1 : 0;

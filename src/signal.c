@@ -64,7 +64,7 @@ static int sr_signal_watch(lua_State *L) {
   sr_loop *lp = sr_getloop(L);
   const char *name = luaL_checkstring(L, 1);
   sr_signal *sg;
-  int i, err;
+  int i, err, fn;
   for (i = 0; sr_signames[i].name != NULL; i++)
     if (strcmp(sr_signames[i].name, name) == 0 ||
         strcmp(sr_signames[i].name + 3, name) == 0)
@@ -90,17 +90,21 @@ static int sr_signal_watch(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  sg = malloc(sizeof *sg);
-  if (sg == NULL) return sr__fail(L, UV_ENOMEM);
+  lua_settop(L, 2);
+  fn = luaL_ref(L, LUA_REGISTRYINDEX); /* first: it may raise */
+  if ((sg = malloc(sizeof *sg)) == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, fn);
+    return sr__fail(L, UV_ENOMEM);
+  }
+  sg->fn = fn;
   uv_signal_init(&lp->uv, &sg->h);
   err = uv_signal_start(&sg->h, sr_signal_cb, sr_signames[i].num);
   if (err < 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, fn);
     uv_close((uv_handle_t *)&sg->h, sr__free_close_cb);
     return sr__fail(L, err);
   }
   uv_unref((uv_handle_t *)&sg->h);
-  lua_settop(L, 2);
-  sg->fn = luaL_ref(L, LUA_REGISTRYINDEX);
   lp->signals[sr_signames[i].num] = sg;
   lua_pushboolean(L, 1);
   return 1;

@@ -603,6 +603,13 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
         }
         return target->nres;
       case SR_TASK_FAILED: /* nil, its message, "ETASK", the error object */
+        /* still its coroutine: the failure is being handled (its <close>s
+        ** run, its connection closes, waking others): wait for the end */
+        if (lua_getiuservalue(L, 1, SR_TASK_UV_THREAD) == LUA_TTHREAD) {
+          lua_pop(L, 1);
+          break;
+        }
+        lua_pop(L, 1);
         luaL_pushfail(L);
         lua_getiuservalue(L, 1, SR_TASK_UV_THREAD);
         luaL_tolstring(L, -1, NULL);
