@@ -420,6 +420,13 @@ describe("sockrun on a terminal", function()
       assert.equal(0, t:quit())
     end)
 
+  it("leaves no blank line after a line exactly as wide as the terminal", function()
+    local t = term()
+    local cmd = "print(1)--" .. string.rep("x", 200 - 2 - 10) -- prompt + 198
+    assert.same({ "1" }, t:run(cmd))
+    assert.equal(0, t:quit())
+  end)
+
   it("redraws a wrapped line in place after the terminal is resized", function()
     local t = term()
     local line = 'x = "' .. string.rep("abcdefghij", 25) .. '"' -- 256 columns

@@ -420,7 +420,8 @@ function Editor:draw()
   mid_line = false
   -- at an exact multiple of the width the terminal holds the cursor at the
   -- last column; a newline makes its position certain
-  if total > 0 and total % cols == 0 then out[#out + 1] = "\n" end
+  self.at_new_row = total > 0 and total % cols == 0
+  if self.at_new_row then out[#out + 1] = "\n" end
   local endrow, crow, ccol = total // cols, cur // cols, cur % cols
   if endrow > crow then out[#out + 1] = "\27[" .. (endrow - crow) .. "A" end
   out[#out + 1] = "\r"
@@ -442,7 +443,9 @@ end
 function Editor:finish_line(suffix)
   self.pos = #self.buf
   self:draw()
-  raw_write(stdout, suffix or "", "\r\n")
+  -- a render as wide as the terminal left the cursor on a fresh row already
+  raw_write(stdout, suffix or "",
+    (self.at_new_row and not suffix) and "\r" or "\r\n")
   stdout:flush()
   self.ccur = 0
   self.shown = false
