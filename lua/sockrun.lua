@@ -14,7 +14,8 @@ local math_type, string_format = math.type, string.format
 local M = {}
 local private = { methods = true, counts = true, addrfamily = true,
   stdin = true, isatty = true, ttymode = true, winsize = true, serve = true,
-  handlers = true, interruptible = true, unlink_stale = true }
+  handlers = true, interruptible = true, unlink_stale = true,
+  create_private = true }
 for k, v in pairs(core) do
   if not private[k] then M[k] = v end
 end

@@ -734,6 +734,28 @@ describe("sockrun on a terminal", function()
       assert.equal(0, t2:quit())
     end)
 
+  it("makes a new history file private, and cuts a long one to its last 1000 lines",
+    function()
+      local history = tmp("history")
+      os.remove(history)
+      local t = term(nil, { history = history })
+      assert.same({}, t:run("secret = 1"))
+      assert.equal(0, t:quit())
+      assert.equal("600", (sh("stat -c %a " .. q(history)):gsub("%s", "")))
+      local lines = {}
+      for i = 1, 2500 do lines[i] = "x" .. i end
+      spit(history, table.concat(lines, "\n") .. "\n")
+      t = term(nil, { history = history })
+      t:key("Up")
+      t:wait_last("> x2500")
+      t:key("C-u")
+      assert.equal(0, t:quit())
+      local kept = {}
+      for l in (slurp(history) or ""):gmatch("[^\n]+") do kept[#kept + 1] = l end
+      assert.equal(1000, #kept)
+      assert.equal("x1501", kept[1])
+    end)
+
   it("runs -e code before the prompt with -e 'code' -i", function()
     local t = term("-e " .. q("from_e = 42") .. " -i")
     assert.same({ "42" }, t:run("from_e"))

@@ -237,11 +237,23 @@ static int sr_tty_winsize(lua_State *L) {
   return 2;
 }
 
+/* core.create_private(path): create path, readable by its owner only, if
+** it is not there (the REPL's history: what was typed may hold secrets). */
+static int sr_tty_create_private(lua_State *L) {
+  int fd = open(luaL_checkstring(L, 1), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                0600);
+  if (fd < 0) return sr__fail(L, -errno);
+  close(fd);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static const luaL_Reg sr_tty_funcs[] = {{"stdin", sr_tty_stdin},
                                         {"isatty", sr_tty_isatty},
                                         {"ttymode", sr_tty_mode},
                                         {"winsize", sr_tty_winsize},
                                         {"interruptible", sr_tty_interruptible},
+                                        {"create_private", sr_tty_create_private},
                                         {NULL, NULL}};
 
 void sr__tty_open(lua_State *L, sr_loop *lp) {

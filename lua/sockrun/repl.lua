@@ -162,13 +162,26 @@ local function history_path()
   return home and home .. "/.sockrun_history" or nil
 end
 
+-- The last HISTORY_MAX lines; a file that grew past twice that is cut
+-- back to them. A new file is made readable by its owner only.
 local function history_load(path)
   local h = {}
   local f = path and io.open(path, "r")
-  if not f then return h end
+  if not f then
+    if path then core.create_private(path) end
+    return h
+  end
   for line in f:lines() do h[#h + 1] = line end
   f:close()
-  while #h > HISTORY_MAX do table.remove(h, 1) end
+  local all = #h
+  if all > HISTORY_MAX then h = table.move(h, all - HISTORY_MAX + 1, all, 1, {}) end
+  if all > 2 * HISTORY_MAX then
+    f = io.open(path, "w")
+    if f then
+      f:write(table.concat(h, "\n"), "\n")
+      f:close()
+    end
+  end
   return h
 end
 
