@@ -1144,6 +1144,38 @@ describe("running out of memory", function()
       assert.matches("not enough memory", err)
     end)
 
+  it("fails the writes after one that sent part and could not queue the rest",
+    function()
+      local out, err, code = run_failing([[
+        local sr = require "sockrun"
+        local got = {}
+        local srv = assert(sr.listen("127.0.0.1", 0, function(c)
+          sr.sleep(0.2) -- so that the write sends part and queues the rest
+          while true do
+            local d = c:read()
+            if not d then break end
+            got[#got + 1] = d
+          end
+        end))
+        local c = assert(sr.connect("127.0.0.1", select(2, srv:getsockname())))
+        local a, b = ("a"):rep(16 << 20), ("b"):rep(16 << 20)
+        collectgarbage()
+        collectgarbage("stop")
+        failalloc(0)
+        local ok = pcall(c.write, c, a, b)
+        failalloc(nil)
+        collectgarbage("restart")
+        print(ok, select(3, c:write("X")))
+        c:close()
+        sr.sleep(1)
+        print((table.concat(got):find("X", 1, true)))
+        srv:close()
+      ]])
+      assert.equal(0, code, err)
+      -- no "X" after a hole in the stream
+      assert.equal("false\tENOMEM\nnil\n", out)
+    end)
+
   it("loses the signal delivered as memory ran out alone; the loop runs on",
     function()
       local out, err, code = run_failing([[

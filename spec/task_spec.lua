@@ -227,6 +227,14 @@ describe("task:join", function()
     srv:close()
   end)
 
+  it("gives a coroutine raised as the error object, not waiting on it", function()
+    H.quiet_errors()
+    local co = coroutine.create(print)
+    local t = sr.spawn(function() error(co) end)
+    local _, obj = H.assert_task_failed(t:join(1))
+    assert.equal(co, obj)
+  end)
+
   it("returns ETASK for a task that failed before spawn returned", function()
     H.quiet_errors()
     local t = sr.spawn(function() error("at once") end)
@@ -520,6 +528,28 @@ local function compute(seconds)
 end
 
 describe("sr.sleep", function()
+  it("lets I/O in while tasks compute longer than they sleep, in turn", function()
+    H.in_task(function()
+      local srv, port = H.echo_server()
+      local c = H.connect(port)
+      local stop_at = sr.now() + 1
+      local busy = {}
+      for i = 1, 2 do
+        busy[i] = sr.spawn(function()
+          while sr.now() < stop_at do
+            compute(0.003)
+            sr.sleep(0.001)
+          end
+        end)
+      end
+      sr.sleep(0.01)
+      assert.equal("ping", c:write("ping\n"):read("l"))
+      assert.is_true(sr.now() < stop_at, "the reply waited for the busy tasks to stop")
+      for i = 1, 2 do busy[i]:join() end
+      c:close(); srv:close()
+    end)
+  end)
+
   it("lasts its time from the call, however long the task computed before", function()
     H.in_task(function()
       local other = sr.spawn(function() sr.sleep(0.2) end)

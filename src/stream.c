@@ -758,10 +758,13 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
     bufs[first].len -= (size_t)done;
     /* the strings from the first one not sent are anchored; with pieces,
     ** bufs and arguments do not line up: all of them are */
+    /* the stream has a hole if some went out and the rest cannot follow:
+    ** the error is sticky then, set before the queueing, which may raise */
+    int sent = first > 0 || done > 0;
+    if (sent) s->werr = UV_ENOMEM;
     err = sr_stream_queue(L, s, bufs + first, (int)nbufs - first,
                           nbufs == (size_t)nb ? first + 2 : 2, n);
-    /* the stream has a hole if some went out and the rest cannot follow */
-    if (err < 0 && (first > 0 || done > 0)) s->werr = err;
+    if (sent) s->werr = err < 0 ? err : 0;
   }
   lua_settop(L, n);
   if (err < 0) {

@@ -189,6 +189,20 @@ int sr__timedout(sr_loop *lp) {
 }
 
 /*
+** Now, on the loop's clock (ms), read afresh: the loop's own time is that
+** of its last poll, and a script that computed for longer than a timeout
+** must still get all of it. The loop's time is left alone: advanced from
+** a timer callback, it would make timers re-armed earlier in the same
+** pass due again, and tasks that compute longer than they sleep would
+** keep libuv in its timers forever, never polling. (Both clocks are
+** CLOCK_MONOTONIC; libuv's may be the coarse one, a few ms behind.)
+*/
+static uint64_t sr_clock_now(sr_loop *lp) {
+  uint64_t fresh = uv_hrtime() / 1000000, loop = uv_now(&lp->uv);
+  return fresh > loop ? fresh : loop;
+}
+
+/*
 ** Suspend t until sr__wake. fresh starts a new operation, whose deadline is
 ** timeout seconds away (< 0: none); a retry of the same operation (fresh
 ** == 0) keeps the deadline, so a trickle of data cannot extend it. Inside
@@ -203,12 +217,7 @@ int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
     ** say) is none: the wait lasts until woken. */
     double ms = timeout * 1000.0 + 0.5;
     t->has_deadline = timeout >= 0 && ms < SR_FOREVER_MS;
-    if (t->has_deadline) {
-      /* From now, not from when the loop last polled: a script that
-      ** computed for longer than its timeout must still get it. */
-      uv_update_time(&lp->uv);
-      t->deadline = uv_now(&lp->uv) + (uint64_t)ms;
-    }
+    if (t->has_deadline) t->deadline = sr_clock_now(lp) + (uint64_t)ms;
   }
   t->wake = 0;
   if (t->has_deadline) {
@@ -605,11 +614,7 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
       case SR_TASK_FAILED: /* nil, its message, "ETASK", the error object */
         /* still its coroutine: the failure is being handled (its <close>s
         ** run, its connection closes, waking others): wait for the end */
-        if (lua_getiuservalue(L, 1, SR_TASK_UV_THREAD) == LUA_TTHREAD) {
-          lua_pop(L, 1);
-          break;
-        }
-        lua_pop(L, 1);
+        if (target->co != NULL) break; /* (sr_task_failed ends with NULL) */
         luaL_pushfail(L);
         lua_getiuservalue(L, 1, SR_TASK_UV_THREAD);
         luaL_tolstring(L, -1, NULL);
