@@ -323,6 +323,24 @@ describe("the main chunk", function()
       ]]))
     end)
 
+  it("exits once the code after its sr.run() ran, after SIGINT, other tasks or not",
+    function()
+      local proc = H.spawn_script([[
+        local sr = require "sockrun"
+        io.stdout:setvbuf("line")
+        sr.spawn(function() while true do sr.sleep(0.05) end end) -- a ticker
+        assert(sr.listen("127.0.0.1", 0, function() end))
+        print("ready")
+        sr.run()
+        sr.sleep(0.02) -- the rest of the chunk may still block
+        print("after run")
+      ]])
+      assert(H.wait_for(function() return H.slurp(proc.out) == "ready\n" end))
+      H.kill(proc, "INT")
+      assert.equal(0, H.wait_exit(proc, 10), H.slurp(proc.err))
+      assert.equal("ready\nafter run\n", H.slurp(proc.out))
+    end)
+
   it("still may not call sr.run() from another task", function()
     assert_fails("inside a task", H.run_script([[
       local sr = require "sockrun"

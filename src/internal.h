@@ -110,6 +110,7 @@ struct sr_loop {
   sr_task *binary_main; /* the binary's main chunk (main.c), or NULL */
   sr_task *run_waiter;  /* that chunk, waiting in sr.run (loop.c) */
   int dry;              /* the last sr.run ended for want of work */
+  int stop_with_main;   /* a stop ended its sr.run: stop when it ends */
   sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   sr_task *handlers;     /* running tasks that own a connection */

@@ -125,6 +125,10 @@ static int sr_run(lua_State *L) {
     if (lp->run_waiter != NULL && (lp->stopped || !alive)) {
       sr_task *w = lp->run_waiter;
       lp->run_waiter = NULL;
+      /* after a stop, the binary exits once the rest of the main chunk
+      ** has run (task.c stops the loop when it ends), whatever else is
+      ** left, as it does for a chunk without sr.run */
+      if (lp->stopped) lp->stop_with_main = 1;
       lp->stopped = 0;
       sr__wake(w, 0);
       continue;

@@ -300,6 +300,10 @@ static void sr_task_finish(sr_task *t) {
   sr_loop *lp = t->loop;
   sr_task *j;
   lp->ntasks--;
+  if (t == lp->binary_main && lp->stop_with_main) { /* (loop.c) */
+    lp->stopped = 1;
+    uv_stop(&lp->uv);
+  }
   if (t->conn != NULL) sr_task_drop_conn(t);
   sr_task_close_timer(t);
   while ((j = t->joiners) != NULL) {
