@@ -151,22 +151,40 @@ static uv_async_t *sr_interrupt_async;
 static int sr_interrupt_fn = LUA_NOREF, sr_interrupt_anchor = LUA_NOREF;
 static struct sigaction sr_saved_sigint;
 
+static volatile sig_atomic_t sr_interrupt_pending;
+
 static void sr_interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
+  sr_interrupt_pending = 0;
   luaL_error(L, "interrupted!");
 }
 
+/* sr_interrupt_pending is set by the handler, cleared once the loop or
+** the hook took it: a second Ctrl-C while the first is still pending
+** means nothing is taking them (a task the command spawned computes
+** forever, where the hook is not): the process exits. */
 static void sr_interrupt_signal(int sig) {
+  static const char msg[] = "\r\nsockrun: interrupted twice; exiting\r\n";
   lua_State *co = sr_interrupt_co;
+  ssize_t r;
   (void)sig;
   if (co == NULL) return;
+  if (sr_interrupt_pending) { /* all of it async-signal-safe */
+    uv_tty_reset_mode();
+    if (sr_paste_marked) r = write(STDOUT_FILENO, "\33[?2004l", 8);
+    r = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)r;
+    _exit(130);
+  }
+  sr_interrupt_pending = 1;
   lua_sethook(co, sr_interrupt_hook,
               LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   uv_async_send(sr_interrupt_async);
 }
 
 static void sr_interrupt_off(lua_State *L) {
+  sr_interrupt_pending = 0;
   if (sr_interrupt_co == NULL) return;
   sigaction(SIGINT, &sr_saved_sigint, NULL);
   lua_sethook(sr_interrupt_co, NULL, 0, 0);
@@ -190,6 +208,7 @@ void sr__tty_forget(sr_loop *lp) {
 static void sr_interrupt_cb(uv_async_t *a) {
   sr_loop *lp = a->data;
   lua_State *L = lp->L;
+  sr_interrupt_pending = 0;
   if (L == NULL || sr_interrupt_co == NULL) return;
   lua_sethook(sr_interrupt_co, NULL, 0, 0); /* not for its <close>s */
   lua_rawgeti(L, LUA_REGISTRYINDEX, sr_interrupt_fn);
@@ -217,6 +236,7 @@ static int sr_tty_interruptible(lua_State *L) {
   sr_interrupt_anchor = luaL_ref(L, LUA_REGISTRYINDEX);
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = sr_interrupt_signal;
+  sa.sa_flags = SA_RESTART; /* a command's blocking write is not cut short */
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, &sr_saved_sigint);
   sr_interrupt_co = L;

@@ -132,11 +132,14 @@ end
 
 -- Runs a compiled command inside the current task; reports the results or
 -- the error with its traceback through out(text, is_error).
-local function execute(fn, out)
+-- ran(), when given, is called as soon as the command has returned or
+-- failed, before its results print.
+local function execute(fn, out, ran)
   local r = table.pack(xpcall(fn, function(e)
     -- the frames below the typed chunk are the REPL's own: cut them
     return (traceback(error_text(e), 2):gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
   end))
+  if ran then ran() end
   if not r[1] then
     out(r[2] .. "\n", true)
   elseif r.n > 1 then
@@ -314,6 +317,7 @@ local function guarded_write(f, ...)
     local r = table.pack(raw_write(f, ...))
     local n = select("#", ...)
     local last = n > 0 and select(n, ...) or nil
+    if type(last) == "number" then last = tostring(last) end
     if type(last) == "string" and last:sub(-1) ~= "\n" then
       raw_write(f, "\n")
     end
@@ -331,23 +335,17 @@ local function guarded_print(...)
   stdout:write(table.concat(parts, "\t"), "\n")
 end
 
--- warn() as the binary's warning function prints, but around the prompt.
--- (Warnings Lua itself emits, an error in a __gc, still go straight out.)
+-- warn(): the binary's warning function prints it (and keeps @on/@off),
+-- around the prompt. (Warnings Lua itself emits, an error in a __gc,
+-- still go straight out.)
 local function guarded_warn(original)
-  local on, pieces = true, {} -- the binary turns warnings on
   return function(...)
-    local n = select("#", ...)
-    for i = 1, n do
-      if type((select(i, ...))) ~= "string" then
-        return original(...) -- raises, worded as Lua does
-      end
-    end
-    local msg = table.concat({ ... })
-    if n == 1 and msg:sub(1, 1) == "@" then -- a control message
-      if msg == "@on" then on = true elseif msg == "@off" then on = false end
-      return original(msg)
-    end
-    if on then stderr:write("Lua warning: ", msg, "\n") end
+    if not (editor and editor.shown) then return original(...) end
+    raw_write(stdout, editor:home())
+    stdout:flush()
+    local ok, err = pcall(original, ...)
+    editor:draw()
+    if not ok then error(err, 2) end
   end
 end
 
@@ -412,6 +410,24 @@ local function width(s)
   return w
 end
 
+-- The text as the editor shows it: a Tab as spaces up to the next multiple
+-- of 8 columns from the start of the render, so that the terminal, which
+-- never sees the Tab, and the cursor arithmetic agree.
+local function expand_tabs(s)
+  if not s:find("\t", 1, true) then return s end
+  local out, col = {}, 0
+  for piece, tab in s:gmatch("([^\t]*)(\t?)") do
+    out[#out + 1] = piece
+    col = col + width(piece)
+    if tab ~= "" then
+      local n = 8 - col % 8
+      out[#out + 1] = string.rep(" ", n)
+      col = col + n
+    end
+  end
+  return table.concat(out)
+end
+
 function Editor:columns()
   local cols = self.input and select(1, core.winsize(self.input)) or 80
   if not cols or cols < 1 then cols = 80 end
@@ -425,11 +441,11 @@ end
 -- terminal was resized and rewrapped the render (as terminals do now).
 function Editor:draw()
   local cols = self:columns()
-  local plen = width(self.prompt)
-  local total = plen + width(self.buf)
-  local cur = plen + width(self.buf:sub(1, self.pos))
+  local text = expand_tabs(self.prompt .. self.buf)
+  local total = width(text)
+  local cur = width(expand_tabs(self.prompt .. self.buf:sub(1, self.pos)))
   local out = { (not self.shown and mid_line) and "\r\n" or "", self:home(),
-    self.prompt, self.buf }
+    text }
   mid_line = false
   -- at an exact multiple of the width the terminal holds the cursor at the
   -- last column; a newline makes its position certain
@@ -587,6 +603,8 @@ local PASTE_START, PASTE_END = "\27[200~", "\27[201~"
 
 local function paste_keys(keys, text)
   text = text:gsub("\r\n", "\n"):gsub("\r", "\n")
+  -- other control characters (an Escape would steer the terminal): out
+  text = text:gsub("[%z\1-\8\11-\31\127]", "")
   local from = 1
   while from <= #text do
     local nl = text:find("\n", from, true)
@@ -681,7 +699,7 @@ local function run_tty(input)
     if not c then return end
     command = nil
     core.interruptible(nil)
-    c:cancel()
+    pcall(c.cancel, c) -- (a command that runs cannot be: it ends itself)
     raw_write(stdout, "^C (cancelled)\r\n")
     idle()
   end
@@ -720,7 +738,8 @@ local function run_tty(input)
       -- and never yields, and cancels one that waits
       core.ttymode(input, "command")
       core.interruptible(cancel_command)
-      execute(fn, out)
+      -- printing its results is the REPL's, not to be interrupted
+      pcall(execute, fn, out, function() core.interruptible(nil) end)
       idle()
     end)
     if command:status() ~= "waiting" then command = nil end
