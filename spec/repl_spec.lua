@@ -719,15 +719,21 @@ describe("sockrun on a terminal", function()
     assert.equal(0, t:quit())
   end)
 
-  it("prints a task's number written above a half-typed line", function()
+  -- A task prints `code` 0.3 s from now while "half typed" is on the line:
+  -- `shown` must come above the line, which stays.
+  local function assert_printed_above_line(code, shown)
     local t = term()
-    t:run("sr.spawn(function() sr.sleep(0.3) io.write(42) end)")
-    t:type("half")
+    t:run("sr.spawn(function() sr.sleep(0.3) " .. code .. " end)")
+    t:type("half typed")
     t:wait(function(l)
-      return l[#l] == "> half" and l[#l - 1] == "42"
-    end, "42 above the line")
+      return l[#l] == "> half typed" and l[#l - 1] == shown
+    end, shown .. " above the line")
     t:key("C-u")
-    assert.equal(0, t:quit())
+    return t
+  end
+
+  it("prints a task's number written above a half-typed line", function()
+    assert.equal(0, assert_printed_above_line("io.write(42)", "42"):quit())
   end)
 
   it("keeps warnings off when the script turned them off (-i script.lua)", function()
@@ -741,13 +747,7 @@ describe("sockrun on a terminal", function()
   end)
 
   it("prints a task's warn() above a half-typed line and keeps it", function()
-    local t = term()
-    t:run("sr.spawn(function() sr.sleep(0.3) warn('care', 'ful') end)")
-    t:type("half typed")
-    t:wait(function(l)
-      return l[#l] == "> half typed" and l[#l - 1] == "Lua warning: careful"
-    end, "the warning above the line")
-    t:key("C-u")
+    local t = assert_printed_above_line("warn('care', 'ful')", "Lua warning: careful")
     assert.same({}, t:run('warn("@off"); warn("hidden"); warn("@on")'))
     assert.equal(0, t:quit())
   end)
