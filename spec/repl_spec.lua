@@ -533,6 +533,27 @@ describe("sockrun on a terminal", function()
       assert.matches("[^-]echo ", modes)
     end)
 
+  it("cancels on a Ctrl-C typed ahead, the keys typed before it dropped",
+    function()
+      local t = term()
+      t:key("s", "r", ".", "s", "l", "e", "e", "p", "(", "4", ")", "Enter",
+        "a", "b", "c", "C-c")
+      local ls = t:wait_last(">")
+      assert.equal("^C (cancelled)", ls[#ls - 1])
+      assert.same({ "3" }, t:run("1 + 2"))
+      -- and in reads of their own: the Ctrl-C a signal by then
+      t:type("sr.sleep(4)")
+      t:key("Enter")
+      t:wait_last("> sr.sleep(4)")
+      t:type("abc")
+      nap(0.1)
+      t:key("C-c")
+      ls = t:wait_last(">")
+      assert.equal("^C (cancelled)", ls[#ls - 1])
+      assert.same({ "3" }, t:run("1 + 2"))
+      assert.equal(0, t:quit())
+    end)
+
   it("keeps a command's output that does not end its line, the prompt below it",
     function()
       local t = term()

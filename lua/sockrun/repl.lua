@@ -701,6 +701,7 @@ local function run_tty(input)
     core.interruptible(nil)
     pcall(c.cancel, c) -- (a command that runs cannot be: it ends itself)
     raw_write(stdout, "^C (cancelled)\r\n")
+    queued = "" -- what was typed ahead goes, as a terminal's interrupt flushes it
     idle()
   end
 
@@ -747,13 +748,22 @@ local function run_tty(input)
 
   feed = function(data)
     local keys, rest = split_keys(data)
-    for i, k in ipairs(keys) do
+    local i = 0
+    while i < #keys do
+      i = i + 1
+      local k = keys[i]
       if quit then return end
       if command then
-        if k == "\3" then -- Ctrl-C typed ahead of the command mode
+        -- a Ctrl-C that came in the same read as the command's Enter,
+        -- before its terminal mode made it a signal: it cancels, and what
+        -- was typed ahead of it goes, as a terminal's interrupt flushes it
+        local j = i
+        while j <= #keys and keys[j] ~= "\3" do j = j + 1 end
+        if j <= #keys then
           cancel_command()
+          i = j
         else
-          for j = i, #keys do queued = queued .. key_bytes(keys[j]) end
+          for m = i, #keys do queued = queued .. key_bytes(keys[m]) end
           queued = queued .. rest
           return
         end
