@@ -204,6 +204,7 @@ sr_loop *sr__loop_alive(lua_State *L, void *lp);
 /* util.c */
 int sr__fail(lua_State *L, int err);
 int sr__fail_msg(lua_State *L, const char *msg, const char *code);
+const char *sr__error_text(lua_State *L, int idx);
 void sr__free_close_cb(uv_handle_t *h);
 void sr__setfuncs(lua_State *L, const luaL_Reg *l, sr_loop *lp);
 int sr__check_family(lua_State *L, int arg);

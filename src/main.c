@@ -73,6 +73,7 @@ typedef struct {
   int workers;     /* -w N */
   int worker;      /* this process's number, 1..N (0 without -w) */
   sigset_t mask;   /* a worker's signal mask, once its handlers are set */
+  sr_loop *loop;   /* the module's, once loaded */
 } sr_args;
 
 /* Set the global for "-l mod" or "-l g=mod"; the module is at the top. */
@@ -143,11 +144,9 @@ static int sr_main_body_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 static int sr_main_body(lua_State *L) {
-  sr_loop *lp;
-  lua_getfield(L, LUA_REGISTRYINDEX, "sockrun.loop");
-  lp = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  lp->binary_main = lp->current; /* sr.run may be called from it (loop.c) */
+  sr_args *a = lua_touserdata(L, lua_upvalueindex(1));
+  /* sr.run may be called from it (loop.c) */
+  a->loop->binary_main = a->loop->current;
   return sr_main_body_k(L, LUA_OK, 1);
 }
 
@@ -231,7 +230,7 @@ static int sr_pmain(lua_State *L) {
   lua_call(L, 2, 0);
   if (a->worker > 0) sigprocmask(SIG_SETMASK, &a->mask, NULL);
   lua_getfield(L, LUA_REGISTRYINDEX, "sockrun.loop");
-  lp = lua_touserdata(L, -1);
+  lp = a->loop = lua_touserdata(L, -1);
   lua_pop(L, 1);
   lua_getfield(L, -1, "spawn");
   lua_pushlightuserdata(L, a);
@@ -439,9 +438,7 @@ int main(int argc, char **argv) {
   lua_pushcfunction(L, sr_pmain);
   lua_pushlightuserdata(L, &a);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    const char *msg = lua_tostring(L, -1);
-    fprintf(stderr, "%s: %s\n", sr_progname,
-            msg != NULL ? msg : "(error object is not a string)");
+    fprintf(stderr, "%s: %s\n", sr_progname, sr__error_text(L, -1));
     status = 1;
   } else {
     status = lua_toboolean(L, -1) ? 1 : 0;

@@ -54,7 +54,7 @@ static void sr_signal_cb(uv_signal_t *h, int signum) {
   lua_pushinteger(L, signum);
   if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
     fprintf(stderr, "sockrun: cannot run a signal handler: %s\n",
-            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+            sr__error_text(L, -1));
     lua_pop(L, 1);
   }
 }

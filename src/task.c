@@ -160,13 +160,14 @@ static void sr_task_detach(sr_task *t) {
 sr_task *sr__self(lua_State *L, sr_loop *lp) {
   sr_task *t = lp->current;
   if (t != NULL && t->co == L) {
-    if (!lua_isyieldable(L) && sr__in_finalizer(L)) /* (only now: a cost) */
-      luaL_error(L, "cannot block in a finalizer (__gc)");
-    if (!lua_isyieldable(L))
+    if (!lua_isyieldable(L)) {
+      if (sr__in_finalizer(L)) /* asked only here: it costs a call */
+        luaL_error(L, "cannot block in a finalizer (__gc)");
       luaL_error(L,
                  "cannot block across a C-call boundary (a sort comparator, "
                  "a gsub function, a metamethod called from C); use "
                  "sr.spawn");
+    }
     return t;
   }
   if (lp->running > 0 || t != NULL)
@@ -318,11 +319,6 @@ static void sr_task_finish(sr_task *t) {
 
 /* Hand a failed task's traceback (at the top of L) to sr.onerror, or print
 ** it; the error object is at 1 and the task userdata at 2. */
-static const char *sr_error_text(lua_State *L, int idx) {
-  return lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx)
-                                         : "(error object is not a string)";
-}
-
 static void sr_task_report(sr_loop *lp, lua_State *L) {
   if (lp->onerror_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->onerror_ref);
@@ -330,10 +326,10 @@ static void sr_task_report(sr_loop *lp, lua_State *L) {
     lua_pushvalue(L, -3); /* traceback */
     lua_pushvalue(L, 2);
     if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
-    fprintf(stderr, "sockrun: error in sr.onerror: %s\n", sr_error_text(L, -1));
+    fprintf(stderr, "sockrun: error in sr.onerror: %s\n", sr__error_text(L, -1));
     lua_pop(L, 1);
   }
-  fprintf(stderr, "sockrun: %s\n", sr_error_text(L, -1));
+  fprintf(stderr, "sockrun: %s\n", sr__error_text(L, -1));
   fflush(stderr);
 }
 
@@ -644,14 +640,14 @@ static int sr_task_join(lua_State *L) {
   return sr_task_join_k(L, LUA_OK, 0);
 }
 
+/* Cancels nested deeper than this raise instead (see sr_task_cancel). */
+#define SR_CANCEL_DEPTH 200
+
 /*
 ** Cancel a waiting task: take it off what it waits on and close its
 ** coroutine, which runs its to-be-closed variables (so `local s <close>`
 ** sockets get closed). A running task cannot be cut from outside.
 */
-/* Cancels nested deeper than this raise instead (see sr_task_cancel). */
-#define SR_CANCEL_DEPTH 200
-
 static int sr_task_cancel(lua_State *L) {
   sr_task *t = sr_check_task(L, 1);
   sr_loop *lp = t->loop;
@@ -683,11 +679,9 @@ static int sr_task_cancel(lua_State *L) {
   lp->cancelling++;
   st = sr_task_reset(t);
   lp->cancelling--;
-  if (st != LUA_OK) {
-    lua_State *co = t->co;
+  if (st != LUA_OK)
     fprintf(stderr, "sockrun: error closing cancelled task: %s\n",
-            sr_error_text(co, -1));
-  }
+            sr__error_text(t->co, -1));
   lua_settop(t->co, 0);
   t->nres = 0;
   sr_task_finish(t);

@@ -26,12 +26,13 @@ static void sr_stdin_restore(void) {
 /* In raw mode the terminal is asked to mark pasted text (bracketed
 ** paste), so that the editor takes a Tab in it as a Tab, not completion. */
 static int sr_paste_marked;
+static const char sr_paste_on[] = "\33[?2004h", sr_paste_off[] = "\33[?2004l";
 
 static void sr_paste_mark(int on) {
-  static const char on_seq[] = "\33[?2004h", off_seq[] = "\33[?2004l";
   ssize_t r;
   if (on == sr_paste_marked || !isatty(STDOUT_FILENO)) return;
-  r = write(STDOUT_FILENO, on ? on_seq : off_seq, sizeof on_seq - 1);
+  r = write(STDOUT_FILENO, on ? sr_paste_on : sr_paste_off,
+            sizeof sr_paste_on - 1);
   (void)r; /* a terminal that takes no escape codes: nothing to undo */
   sr_paste_marked = on;
 }
@@ -151,6 +152,10 @@ static uv_async_t *sr_interrupt_async;
 static int sr_interrupt_fn = LUA_NOREF, sr_interrupt_anchor = LUA_NOREF;
 static struct sigaction sr_saved_sigint;
 
+/* Set by the handler, cleared once the loop or the hook took it: a second
+** Ctrl-C while the first is still pending means nothing is taking them (a
+** task the command spawned computes forever, where the hook is not), and
+** the process exits. */
 static volatile sig_atomic_t sr_interrupt_pending;
 
 static void sr_interrupt_hook(lua_State *L, lua_Debug *ar) {
@@ -160,10 +165,6 @@ static void sr_interrupt_hook(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "interrupted!");
 }
 
-/* sr_interrupt_pending is set by the handler, cleared once the loop or
-** the hook took it: a second Ctrl-C while the first is still pending
-** means nothing is taking them (a task the command spawned computes
-** forever, where the hook is not): the process exits. */
 static void sr_interrupt_signal(int sig) {
   static const char msg[] = "\r\nsockrun: interrupted twice; exiting\r\n";
   lua_State *co = sr_interrupt_co;
@@ -172,7 +173,8 @@ static void sr_interrupt_signal(int sig) {
   if (co == NULL) return;
   if (sr_interrupt_pending) { /* all of it async-signal-safe */
     uv_tty_reset_mode();
-    if (sr_paste_marked) r = write(STDOUT_FILENO, "\33[?2004l", 8);
+    if (sr_paste_marked)
+      r = write(STDOUT_FILENO, sr_paste_off, sizeof sr_paste_off - 1);
     r = write(STDERR_FILENO, msg, sizeof msg - 1);
     (void)r;
     _exit(130);

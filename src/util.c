@@ -33,6 +33,13 @@ int sr__fail_msg(lua_State *L, const char *msg, const char *code) {
   return 3;
 }
 
+/* An error object as C prints it: its text if a string (lua_tostring on
+** anything else would convert it, or give NULL for printf). */
+const char *sr__error_text(lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx)
+                                         : "(error object is not a string)";
+}
+
 /* Close callback of the handles we malloc'd with the handle first (task
 ** and linger timers, signal watchers): their memory goes here. */
 void sr__free_close_cb(uv_handle_t *h) { free(h); }
