@@ -513,7 +513,6 @@ function Editor:history_move(delta)
   self.pos = #self.buf
 end
 
--- Apply one key (a character or an escape sequence) while idle.
 -- Byte positions of the start of the word before pos, and of the end of
 -- the word after it (words: runs of letters, digits and _).
 local function word_left(s, pos)
@@ -526,6 +525,8 @@ local function word_right(s, pos)
   return e or pos
 end
 
+-- Apply one key (a character, an escape sequence, or pasted text) while
+-- idle.
 function Editor:key(k)
   if type(k) == "table" then -- pasted text
     self:insert(k.paste)
@@ -594,8 +595,6 @@ function Editor:key(k)
   self:draw()
 end
 
--- Split input into keys: escape sequences whole, UTF-8 characters whole.
--- Returns the keys and what is left of an incomplete sequence.
 -- Bracketed paste (the terminal marks pasted text, see run_tty): the text
 -- goes in as it is, Tabs included, in one insertion a line; each line end
 -- is an Enter, as typed.
@@ -621,6 +620,9 @@ local function key_bytes(k)
   return type(k) == "table" and PASTE_START .. k.paste .. PASTE_END or k
 end
 
+-- Split input into keys: escape sequences whole, UTF-8 characters whole,
+-- a paste as its lines. Returns the keys and what is left of an incomplete
+-- sequence.
 local function split_keys(data)
   local keys, i = {}, 1
   while i <= #data do
