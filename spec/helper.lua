@@ -480,6 +480,18 @@ function H.interpreter()
   return interpreter
 end
 
+--- Run the Lua script `src` (source text) as a host application would:
+-- with `host` (an interpreter's path; default H.interpreter()), LUA_PATH
+-- and LUA_CPATH inherited, bounded to 20 s. Returns stdout, stderr and
+-- the exit status.
+function H.run_lua(src, host)
+  local path = H.tmpfile(src, ".lua")
+  local errpath = H.tmpfile("")
+  local out, code = H.sh(string.format("timeout 20 %s %s 2>%s",
+    H.q(host or H.interpreter()), H.q(path), H.q(errpath)))
+  return out, H.slurp(errpath), code
+end
+
 --- A listener that never accepts, its backlog filled by connections that
 -- completed (so the next connect waits); nil when the system never fills
 -- it. Returns listener, port, the filling sockets; all are closed when the

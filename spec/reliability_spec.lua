@@ -1075,11 +1075,7 @@ io.stdout:flush()
   for _, e in ipairs(host_endings) do
     it("runs no callback into a dead state when a host application " ..
        "ends by " .. e[1], function()
-      local path = H.tmpfile(PENDING .. e[2] .. "\n", ".lua")
-      local errpath = H.tmpfile("")
-      local out, code = H.sh(string.format("timeout 20 %s %s 2>%s",
-        H.q(H.interpreter()), H.q(path), H.q(errpath)))
-      local err = assert_clean_exit(e[3], out, H.slurp(errpath), code)
+      local err = assert_clean_exit(e[3], H.run_lua(PENDING .. e[2] .. "\n"))
       assert.equal("", err)
     end)
   end
@@ -1088,7 +1084,7 @@ io.stdout:flush()
     function()
       -- an object given __gc before require "sockrun" is finalized after
       -- the loop, at lua_close: the calls it makes must not touch freed memory
-      local path = H.tmpfile([[
+      local out, err, code = H.run_lua([[
 local sr, task, sock
 local late = setmetatable({}, { __gc = function()
   print(pcall(sr.now))
@@ -1099,10 +1095,9 @@ end })
 sr = require "sockrun"
 task = sr.spawn(function() sr.sleep(60) end)
 sock = sr.udp("127.0.0.1", 0)
-]], ".lua")
-      local out, code = H.sh(string.format("timeout 20 %s %s 2>&1",
-        H.q(H.interpreter()), H.q(path)))
-      assert.equal(0, code, out)
+]])
+      assert.equal(0, code, err)
+      assert.equal("", err)
       local closed = "false\tsockrun is closed: the Lua state is closing\n"
       assert.equal(closed .. closed .. closed ..
         "nil\tsocket is closed\tEBADF\n", out)
@@ -1114,13 +1109,8 @@ describe("running out of memory", function()
   -- fails while the loop runs a callback must fail there, not unwind out
   -- of the loop and leave it wedged.
   local function run_failing(src)
-    local host = assert(os.getenv("LUA_FAILALLOC"),
-      "LUA_FAILALLOC names tools/lua-failalloc (make test sets it)")
-    local path = H.tmpfile(src, ".lua")
-    local errpath = H.tmpfile("")
-    local out, code = H.sh(string.format("timeout 20 %s %s 2>%s", H.q(host),
-      H.q(path), H.q(errpath)))
-    return out, H.slurp(errpath), code
+    return H.run_lua(src, assert(os.getenv("LUA_FAILALLOC"),
+      "LUA_FAILALLOC names tools/lua-failalloc (make test sets it)"))
   end
 
   it("fails the task that ran out in a callback alone; the loop runs on",
