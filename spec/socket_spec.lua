@@ -918,6 +918,74 @@ describe("s:close", function()
     a:close()
   end)
 
+  -- Queue writes on c beyond what the kernel takes (its peer is not
+  -- reading yet): the bytes written (a write that timed out has queued its
+  -- data too). The flush then has the default 30 s.
+  local function queue_writes(c)
+    local chunk, sent = string.rep("z", 256 * 1024), 0
+    c:settimeouts(nil, nil, 0.05)
+    for _ = 1, 400 do
+      local ok, _, code = c:write(chunk)
+      sent = sent + #chunk
+      if not ok then assert.equal("ETIMEDOUT", code) break end
+    end
+    c:settimeouts(nil, nil, nil)
+    return sent
+  end
+
+  it("flushes to a peer that answers what it reads: the answers are " ..
+     "read and dropped, so that the peer does not stall", function()
+    local c, a = H.pair()
+    local received, ended, answering = 0, nil, true
+    local echo = sr.spawn(function()
+      while true do
+        local d, _, code = a:read()
+        if not d then ended = code return end
+        received = received + #d
+        -- what it answers once c is gone meets a reset: it reads on
+        answering = answering and a:write(d) ~= nil
+      end
+    end)
+    -- c reads nothing: once the kernel's buffers both ways are full, the
+    -- echo waits to write and stops reading, and c's writes queue up
+    local sent = queue_writes(c)
+    assert.is_true(c:close())
+    assert.truthy(H.wait_for(function() return ended ~= nil end, 10),
+      "the echo never saw the end of the stream")
+    assert.equal(sent, received)
+    assert.truthy(ended == "EOF" or ended == "ECONNRESET", ended)
+    assert.truthy(H.wait_for(function() return sr._core.counts() == 1 end, 5))
+    assert.equal("done", echo:status())
+    a:close()
+  end)
+
+  it("sends a FIN after a flush and closes the descriptor when the peer " ..
+     "closes", function()
+    local c, a = H.pair()
+    local sent = queue_writes(c)
+    c:close()
+    local data, _, code = a:read("a") -- all of it, then EOF: the FIN
+    assert.equal(sent, #data, code)
+    assert.equal(2, (sr._core.counts())) -- c lingers while a is open
+    local t0 = sr.now()
+    a:close()
+    assert.truthy(H.wait_for(function() return sr._core.counts() == 0 end, 5))
+    assert.is_true(sr.now() - t0 < 1, "c closed when a did, not 2 s later")
+  end)
+
+  it("closes a flushed socket whose peer stays open and quiet after 2 s",
+    function()
+      local c, a = H.pair()
+      local sent = queue_writes(c)
+      c:close()
+      assert.equal(sent, #a:read("a"))
+      local t0 = sr.now()
+      assert.truthy(H.wait_for(function() return sr._core.counts() == 1 end, 6))
+      local waited = sr.now() - t0
+      assert.is_true(waited >= 1.5 and waited < 4, waited)
+      a:close()
+    end)
+
   it("gives a flush to a peer that does not read only the write timeout",
     function()
       local c, a = H.pair()

@@ -39,6 +39,9 @@
 /* How long a closed socket may take to flush its queued writes when it
 ** has no write timeout; then what is left is dropped. */
 #define SR_CLOSE_LINGER_MS (30 * 1000)
+/* Once such a socket's FIN is out, a peer that sends nothing for this long
+** is taken as done with it (stream.c, sr__stream_linger). */
+#define SR_CLOSE_QUIET_MS 2000
 /* Size of the loop-wide buffer every stream read lands in first. */
 #define SR_READ_CHUNK (64 * 1024)
 
@@ -47,6 +50,7 @@ typedef struct sr_task sr_task;
 typedef struct sr_task_timer sr_task_timer;
 typedef struct sr_dns_req sr_dns_req;
 typedef struct sr_socket sr_socket;
+typedef struct sr_linger sr_linger;
 
 /*
 ** A task is a coroutine scheduled by sockrun. It waits on one thing at a
@@ -153,7 +157,7 @@ struct sr_socket {
   char *buf;
   char *wbuf;            /* gathered bytes, not yet given to the kernel */
   char *path;            /* unix path we bound, unlinked at close */
-  uv_timer_t *linger;    /* bounds the flush of a closed socket */
+  sr_linger *linger;     /* bounds the flush of a closed socket */
   sr_socket *next_dirty; /* link in the loop's list of such sockets */
   uint32_t off, len, cap;
   uint32_t scanned;      /* bytes from off known to hold no '\n' */
@@ -181,6 +185,7 @@ struct sr_socket {
   unsigned borrowed : 1;  /* buf is the loop's read buffer, lent */
   unsigned dirty : 1;     /* on the loop's dirty list */
   unsigned flushing : 1;  /* closed, its queued writes still going out */
+  unsigned fin_sent : 1;  /* the shutdown() (FIN) after the writes is done */
   unsigned read_now : 1;  /* accepted, not read yet (sr_stream_read_now) */
   union {                 /* last: see above */
     uv_handle_t handle;
@@ -193,6 +198,13 @@ struct sr_socket {
 };
 
 enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };
+
+/* The timer of a closed socket's flush (socket.c): the handle first, so
+** that sr__free_close_cb frees it all. */
+struct sr_linger {
+  uv_timer_t timer;
+  uint64_t deadline; /* loop time (ms) the whole flush must end by */
+};
 
 /* The loop comes to every C function as upvalue 1. Its memory is the
 ** loop userdata's, which Lua frees only after the last finalizer: one that
@@ -253,6 +265,7 @@ void sr__socket_detach(sr_task *t);
 void sr__socket_update_ref(sr_socket *s);
 void sr__socket_open(lua_State *L, sr_loop *lp);
 void sr__socket_finish_close(sr_socket *s);
+void sr__socket_linger_quiet(sr_socket *s);
 void sr__socket_close_cb(uv_handle_t *h);
 
 /* stream.c; the buffer and framing functions are also what the fuzz
@@ -274,6 +287,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
 void sr__stream_start(sr_socket *s);
 void sr__stream_reclaim(sr_loop *lp);
 void sr__stream_release(sr_socket *s);
+void sr__stream_linger(sr_socket *s);
 int sr__stream_read(lua_State *L, sr_socket *s);
 int sr__stream_write(lua_State *L, sr_socket *s, size_t total);
 int sr__stream_flush(sr_socket *s);

@@ -39,8 +39,8 @@ void sr__socket_close_cb(uv_handle_t *h) {
 ** on it or writes are queued: an idle socket nobody waits on does not keep
 ** a script from ending. */
 void sr__socket_update_ref(sr_socket *s) {
-  int want =
-      !s->closing && (s->reader != NULL || s->writer != NULL || s->nwrites > 0);
+  int want = !s->closing && (s->reader != NULL || s->writer != NULL ||
+                              s->nwrites > 0 || s->flushing);
   if (want == (int)s->nbio_ref) return;
   if (want)
     uv_ref(&s->h.handle);
@@ -72,16 +72,33 @@ static void sr_socket_uv_close(sr_socket *s) {
 
 static void sr_linger_stop(sr_socket *s) {
   if (s->linger != NULL) {
-    uv_close((uv_handle_t *)s->linger, sr__free_close_cb);
+    uv_close((uv_handle_t *)&s->linger->timer, sr__free_close_cb);
     s->linger = NULL;
   }
 }
 
-/* The flush of a closed socket took too long: drop what is left. */
+/* The flush of a closed socket took too long, or its peer went quiet
+** after the FIN: drop what is left. */
 static void sr_linger_cb(uv_timer_t *timer) {
   sr_socket *s = timer->data;
   sr_linger_stop(s);
   sr_socket_uv_close(s);
+}
+
+/* The FIN is out and the peer has not ended: close once it has sent
+** nothing for SR_CLOSE_QUIET_MS, within the flush's own bound. Each read
+** while lingering starts the wait again (stream.c). */
+void sr__socket_linger_quiet(sr_socket *s) {
+  sr_linger *lg = s->linger;
+  uint64_t now, left;
+  if (lg == NULL) { /* nothing bounds the wait: do not wait */
+    sr__socket_finish_close(s);
+    return;
+  }
+  now = uv_now(&s->loop->uv);
+  left = lg->deadline > now ? lg->deadline - now : 0;
+  uv_timer_start(&lg->timer, sr_linger_cb,
+                 left < SR_CLOSE_QUIET_MS ? left : SR_CLOSE_QUIET_MS, 0);
 }
 
 void sr__socket_close(sr_socket *s) {
@@ -101,12 +118,14 @@ void sr__socket_close(sr_socket *s) {
     s->loop->nflushing++;
     s->linger = malloc(sizeof *s->linger);
     if (s->linger != NULL) {
-      uv_timer_init(&s->loop->uv, s->linger);
-      s->linger->data = s;
-      uv_timer_start(s->linger, sr_linger_cb, ms, 0);
-      uv_unref((uv_handle_t *)s->linger); /* the socket itself is ref'd */
+      uv_timer_init(&s->loop->uv, &s->linger->timer);
+      s->linger->timer.data = s;
+      s->linger->deadline = uv_now(&s->loop->uv) + ms;
+      uv_timer_start(&s->linger->timer, sr_linger_cb, ms, 0);
+      uv_unref((uv_handle_t *)&s->linger->timer); /* the socket is ref'd */
     }
     sr__socket_update_ref(s); /* the flush keeps the loop alive */
+    sr__stream_linger(s);     /* and stream.c ends it */
     return;
   }
   sr_socket_uv_close(s);

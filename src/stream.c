@@ -510,6 +510,8 @@ int sr__stream_read(lua_State *L, sr_socket *s) {
 /* Writing                                                                */
 
 static void sr_stream_write_cb(uv_write_t *req, int status);
+static void sr_stream_linger_step(sr_socket *s);
+static void sr_stream_shutdown_cb(uv_shutdown_t *req, int status);
 
 /* Bytes on their way out: queued in libuv and gathered, not yet sent. */
 static size_t sr_stream_queued(sr_socket *s) {
@@ -621,7 +623,7 @@ static void sr_stream_write_cb(uv_write_t *req, int status) {
   s->nwrites--;
   if (status < 0 && status != UV_ECANCELED && s->werr == 0) s->werr = status;
   if (s->closed) {
-    if (s->nwrites == 0 || status < 0) sr__socket_finish_close(s);
+    sr_stream_linger_step(s);
     return;
   }
   sr__socket_update_ref(s);
@@ -777,10 +779,67 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   return 1;
 }
 
+/* ---------------------------------------------------------------------- */
+/* Closing with writes still going out                                    */
+
+/*
+** A socket the script closed while its writes still go out (socket.c)
+** closes as HTTP servers close a connection (a "lingering close"): FIN
+** once the writes are out, and meanwhile what the peer sends is read and
+** dropped, until it ends too or goes quiet. Two reasons. The kernel resets
+** a connection closed with bytes unread, which loses what it still holds
+** for the peer: the end of what we wrote. And a peer that answers what it
+** reads (an echo, a client pipelining requests) stops reading when its
+** answers are not read, and then our flush would wait on it. The flush's
+** linger timer bounds it all (socket.c).
+*/
+
+static void sr_stream_drain_cb(uv_stream_t *stream, ssize_t nread,
+                               const uv_buf_t *buf) {
+  sr_socket *s = stream->data;
+  (void)buf; /* the loop's read buffer: dropped */
+  if (nread > 0 && s->fin_sent && s->nwrites == 0) sr__socket_linger_quiet(s);
+  if (nread < 0) { /* EOF (it may still read: flush on) or an error */
+    sr_stream_stop(s);
+    sr_stream_linger_step(s);
+  }
+}
+
+void sr__stream_linger(sr_socket *s) {
+  if (!s->shut) { /* libuv sends it once the queued writes are out */
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (req != NULL &&
+        uv_shutdown(req, &s->h.stream, sr_stream_shutdown_cb) == 0)
+      s->shut = 1;
+    else
+      free(req);
+  }
+  if (!s->reading && !s->eof && s->rerr == 0 &&
+      uv_read_start(&s->h.stream, sr_stream_alloc_cb, sr_stream_drain_cb) == 0)
+    s->reading = 1;
+}
+
+/* Where a lingering close stands, after each of its events. */
+static void sr_stream_linger_step(sr_socket *s) {
+  if (!s->closed || s->closing) return;
+  if (s->werr != 0) { /* a write failed: there is nothing to deliver */
+    sr__socket_finish_close(s);
+    return;
+  }
+  if (s->nwrites > 0 || (s->shut && !s->fin_sent)) return; /* still going */
+  if (!s->shut || !s->reading) /* no FIN to send, or the peer has ended */
+    sr__socket_finish_close(s);
+  else
+    sr__socket_linger_quiet(s);
+}
+
 static void sr_stream_shutdown_cb(uv_shutdown_t *req, int status) {
   sr_socket *s = req->handle->data;
-  if (status < 0 && status != UV_ECANCELED && s->werr == 0) s->werr = status;
   free(req);
+  if (status == UV_ECANCELED) return; /* the handle is closing */
+  if (status < 0 && s->werr == 0) s->werr = status;
+  s->fin_sent = 1;
+  sr_stream_linger_step(s);
 }
 
 /* Half-close: libuv sends FIN once the queued writes are flushed. */
