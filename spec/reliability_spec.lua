@@ -1,7 +1,8 @@
 -- Reliability (issue 5): peers that misbehave, slow readers, timeouts under
 -- load, connection churn and many connections at once, EMFILE, the clean
 -- shutdown of the binary, mistakes in scripts, the lifetime of sockets and
--- of the loop, and signal dispositions. Peers are real, on loopback:
+-- of the loop, signal dispositions, and random interleavings of all kinds
+-- of clients (chaos.lua). Peers are real, on loopback:
 -- python3 processes, scripts run by the sockrun binary, or sockets in this
 -- process. Every loop is bounded in count and in time; processes started
 -- here are stopped by their PID (see H.spawn).
@@ -1288,5 +1289,37 @@ print(masks())
     assert.equal(0, code, err)
     assert.equal("failed writes\t20\n", out)
     assert.equal("", err)
+  end)
+end)
+
+describe("random interleavings", function()
+  -- spec/chaos.lua: clients of a dozen kinds (echo, lines, numbers, big
+  -- downloads, timeouts, datagrams, name lookups, joins, signals, sockets
+  -- left to the collector...) against a server of as many habits, a dozen
+  -- at a time, while a monkey cancels their tasks, closes their sockets and
+  -- shortens their timeouts. The seed fixes the choices, not the timing.
+  local function chaos(cmd, seed)
+    local errpath = H.tmpfile("")
+    local out, code = H.sh(string.format("timeout 60 %s spec/chaos.lua %d 200 2>%s",
+      cmd, seed, H.q(errpath)))
+    local err = H.slurp(errpath)
+    assert.equal(0, code, err)
+    assert.equal("", err)
+    assert.not_matches("FAILURE", out)
+    -- it did what it is for: data checked, and meddled with
+    for _, key in ipairs({ "echo.same", "lines.same", "sum.same", "big.all",
+                           "udp.done", "resolve.ok", "joins.ok" }) do
+      assert.matches(" " .. key:gsub("%.", "%%.") .. "=%d", out)
+    end
+    assert.matches("monkey%.c%a+=%d", out)
+  end
+
+  it("keeps data whole, errors well formed, and leaves no socket, task " ..
+     "or descriptor behind, in the binary", function()
+    chaos(H.q(H.sockrun), 1)
+  end)
+
+  it("... and under a plain interpreter", function()
+    chaos(H.q(H.interpreter()), 2)
   end)
 end)
