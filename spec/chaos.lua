@@ -8,7 +8,7 @@
 --   - every failure is `nil, message, code` (strings);
 --   - no task fails, except those that raise on purpose;
 --   - once every client is done and the servers are closed, no socket, no
---     task and no descriptor is left over.
+--     task and no socket descriptor is left over.
 -- It prints one line of counts ("name=n ...", sorted) and then, for each
 -- problem, a line starting "FAILURE:". Everything goes to 127.0.0.1 or a
 -- unix path; every wait is bounded.
@@ -28,17 +28,29 @@ local stat = assert(io.open("/proc/self/stat"))
 local pid = stat:read("n")
 stat:close()
 
+--- This process's socket descriptors, as a set of "fd -> socket:[inode]",
+-- and how many. (Only sockets: what else the process has open, files and
+-- pipes of glibc's name lookups say, is not sockrun's.)
 local function descriptors()
-  local p = io.popen("ls /proc/" .. pid .. "/fd")
-  local n = #p:read("a"):gsub("[^\n]", "")
+  local p = io.popen("ls -l /proc/" .. pid .. "/fd")
+  local set, n = {}, 0
+  for fd, what in p:read("a"):gmatch("(%d+) %-> (socket:[^\n]*)") do
+    set[fd .. " -> " .. what], n = true, n + 1
+  end
   p:close()
-  return n - 1 -- the pipe popen made
+  return set, n
+end
+
+local function extra(after, before)
+  local t = {}
+  for k in pairs(after) do
+    if not before[k] then t[#t + 1] = k end
+  end
+  table.sort(t)
+  return table.concat(t, ", ")
 end
 local sockets_before, tasks_before = sr._core.counts()
--- libuv keeps a descriptor from the loop's first stream on (a reserve for
--- EMFILE): count from there
-assert(sr.socket("inet", "stream")):close()
-local fds_before = descriptors()
+local fds_before, nfds_before = descriptors()
 
 sr.onerror(function(err)
   if tostring(err):find("on purpose", 1, true) then
@@ -470,20 +482,25 @@ unix:close()
 sr.signal("SIGUSR1", nil)
 
 -- What is left: the servers' tasks for connections the clients closed
--- are ending; a dropped socket closes when collected.
+-- are ending; a dropped socket closes when collected, a lingering one
+-- when its peer is done; a name lookup that timed out or was cancelled
+-- goes on in libuv's thread pool, with what getaddrinfo opens, until it
+-- ends.
 local deadline = sr.now() + 5
-local nsock, ntask
+local nsock, ntask, fds, nfds
 repeat
-  sr.sleep(0.01)
+  sr.sleep(0.05)
   collectgarbage()
   nsock, ntask = sr._core.counts()
-until (nsock == sockets_before and ntask == tasks_before) or sr.now() > deadline
+  fds, nfds = descriptors()
+until (nsock == sockets_before and ntask == tasks_before and
+       nfds == nfds_before) or sr.now() > deadline
 if nsock ~= sockets_before or ntask ~= tasks_before then
   fail(("left over: %d socket(s), %d task(s)"):format(nsock, ntask))
 end
-local fds = descriptors()
-if fds ~= fds_before then
-  fail(("descriptors: %d before, %d after"):format(fds_before, fds))
+if nfds ~= nfds_before then
+  fail(("socket descriptors: %d before, %d after (new: %s)"):format(
+    nfds_before, nfds, extra(fds, fds_before)))
 end
 
 local keys = {}

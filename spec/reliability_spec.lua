@@ -1315,7 +1315,7 @@ describe("random interleavings", function()
   end
 
   it("keeps data whole, errors well formed, and leaves no socket, task " ..
-     "or descriptor behind, in the binary", function()
+     "or socket descriptor behind, in the binary", function()
     chaos(H.q(H.sockrun), 1)
   end)
 

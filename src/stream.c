@@ -814,7 +814,9 @@ void sr__stream_linger(sr_socket *s) {
     else
       free(req);
   }
-  if (!s->reading && !s->eof && s->rerr == 0 &&
+  /* (after a read error too: one of ours, ENOMEM say, leaves the peer
+  ** sending; after its own, the drain's first read ends at once) */
+  if (!s->reading && !s->eof &&
       uv_read_start(&s->h.stream, sr_stream_alloc_cb, sr_stream_drain_cb) == 0)
     s->reading = 1;
 }
