@@ -973,6 +973,25 @@ describe("s:close", function()
     assert.is_true(sr.now() - t0 < 1, "c closed when a did, not 2 s later")
   end)
 
+  it("with linger 0 resets once the queued writes have left, without a " ..
+     "FIN or lingering", function()
+    local c, a = H.pair()
+    assert.is_true(c:setsockopt("linger", 0))
+    local sent = queue_writes(c)
+    c:close()
+    local n, code = 0, nil
+    repeat
+      local d
+      d, _, code = a:read()
+      n = n + (d and #d or 0)
+    until not d
+    -- (the reset may drop what the kernel still held: the abort asked for)
+    assert.equal("ECONNRESET", code)
+    assert.is_true(n > 0 and n <= sent, n)
+    assert.equal(1, (sr._core.counts()))
+    a:close()
+  end)
+
   it("closes a flushed socket whose peer stays open and quiet after 2 s",
     function()
       local c, a = H.pair()

@@ -186,6 +186,7 @@ struct sr_socket {
   unsigned dirty : 1;     /* on the loop's dirty list */
   unsigned flushing : 1;  /* closed, its queued writes still going out */
   unsigned fin_sent : 1;  /* the shutdown() (FIN) after the writes is done */
+  unsigned abortive : 1;  /* linger 0: close resets, lingers for nothing */
   unsigned read_now : 1;  /* accepted, not read yet (sr_stream_read_now) */
   union {                 /* last: see above */
     uv_handle_t handle;

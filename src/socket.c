@@ -471,10 +471,12 @@ static int sr_socket_setsockopt(lua_State *L) {
                       "linger must be false or 0 (a longer linger would "
                       "block the loop in close)");
         struct linger lg;
+        int r;
         lg.l_onoff = on;
         lg.l_linger = (int)sec;
-        return sr_sockopt_result(
-            L, setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+        r = setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        if (r == 0) s->abortive = (unsigned)on; /* a close resets */
+        return sr_sockopt_result(L, r);
       }
       luaL_argcheck(L, sec <= SR_KEEPIDLE_MAX, 3,
                     "keepalive idle time must be at most 32767 seconds");

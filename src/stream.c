@@ -806,6 +806,8 @@ static void sr_stream_drain_cb(uv_stream_t *stream, ssize_t nread,
 }
 
 void sr__stream_linger(sr_socket *s) {
+  /* linger 0 asked for a reset: it comes once the writes are out */
+  if (s->abortive) return;
   if (!s->shut) { /* libuv sends it once the queued writes are out */
     uv_shutdown_t *req = malloc(sizeof *req);
     if (req != NULL &&
