@@ -798,11 +798,9 @@ static void sr_stream_drain_cb(uv_stream_t *stream, ssize_t nread,
                                const uv_buf_t *buf) {
   sr_socket *s = stream->data;
   (void)buf; /* the loop's read buffer: dropped */
-  if (nread > 0 && s->fin_sent && s->nwrites == 0) sr__socket_linger_quiet(s);
-  if (nread < 0) { /* EOF (it may still read: flush on) or an error */
-    sr_stream_stop(s);
-    sr_stream_linger_step(s);
-  }
+  if (nread == 0) return;
+  if (nread < 0) sr_stream_stop(s); /* EOF (it may still read) or an error */
+  sr_stream_linger_step(s);
 }
 
 void sr__stream_linger(sr_socket *s) {
@@ -823,7 +821,9 @@ void sr__stream_linger(sr_socket *s) {
     s->reading = 1;
 }
 
-/* Where a lingering close stands, after each of its events. */
+/* Where a lingering close stands, after each of its events: a write or
+** the FIN done, or a read (bytes, which start the quiet wait again once
+** the FIN is out; the end of the stream; an error). */
 static void sr_stream_linger_step(sr_socket *s) {
   if (!s->closed || s->closing) return;
   if (s->werr != 0) { /* a write failed: there is nothing to deliver */
