@@ -1021,6 +1021,51 @@ describe("s:close", function()
       assert.is_true(sr.now() - t0 >= 0.15)
       a:close()
     end)
+
+  -- a has read c's request line and answered; what c sent after the line
+  -- is unread, and the answer is with a's kernel, not queued in sockrun
+  local function answer_with_bytes_unread(kind)
+    local c, a = H.pair(kind)
+    assert(c:write("request\n", string.rep("b", 96 * 1024)))
+    assert.equal("request", a:read("l"))
+    assert.is_true(a:setsockopt("sndbuf", 1024 * 1024))
+    local reply = string.rep("r", 512 * 1024)
+    assert(a:write(reply))
+    return c, a, reply
+  end
+
+  for _, kind in ipairs({ "tcp", "unix" }) do
+    it("lingers when the peer's bytes are unread (" .. kind .. "): the " ..
+       "peer reads the whole answer and EOF, not a reset that drops it",
+      function()
+        local c, a, reply = answer_with_bytes_unread(kind)
+        assert.is_true(a:close())
+        local data, msg, code = c:read("a")
+        assert.equal(#reply, data and #data, code or msg)
+        assert.equal(reply, data)
+        c:close()
+        assert.truthy(H.wait_for(function() return sr._core.counts() == 0 end, 5))
+      end)
+  end
+
+  it("resets a peer that sends another MiB after a close with its bytes " ..
+     "unread: it is not reading what we sent", function()
+    local c, a = answer_with_bytes_unread("tcp")
+    local t0 = sr.now()
+    assert.is_true(a:close())
+    local chunk, sent, code = string.rep("x", 64 * 1024), 0, nil
+    for _ = 1, 1024 do -- 64 MiB at most
+      local ok
+      ok, _, code = c:write(chunk)
+      if not ok then break end
+      sent = sent + #chunk
+    end
+    assert.truthy(code == "ECONNRESET" or code == "EPIPE", code)
+    assert.is_true(sent < 64 * 1024 * 1024, sent)
+    assert.truthy(H.wait_for(function() return sr._core.counts() == 1 end, 5))
+    assert.is_true(sr.now() - t0 < 5)
+    c:close()
+  end)
 end)
 
 -- ------------------------------------------------------------------------

@@ -42,6 +42,11 @@
 /* Once such a socket's FIN is out, a peer that sends nothing for this long
 ** is taken as done with it (stream.c, sr__stream_linger). */
 #define SR_CLOSE_QUIET_MS 2000
+/* And when nothing was queued at the close, one that sends more than this
+** meanwhile is not reading what we sent: it gets the reset that a close
+** with bytes unread gives. (While our writes go out, a peer answering what
+** it reads answers as much as we send: that drain is bounded in time.) */
+#define SR_CLOSE_DRAIN_MAX (1024 * 1024)
 /* Size of the loop-wide buffer every stream read lands in first. */
 #define SR_READ_CHUNK (64 * 1024)
 
@@ -205,6 +210,7 @@ enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };
 struct sr_linger {
   uv_timer_t timer;
   uint64_t deadline; /* loop time (ms) the whole flush must end by */
+  uint64_t drain_left; /* bytes from the peer it may still read and drop */
 };
 
 /* The loop comes to every C function as upvalue 1. Its memory is the
@@ -288,6 +294,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
 void sr__stream_start(sr_socket *s);
 void sr__stream_reclaim(sr_loop *lp);
 void sr__stream_release(sr_socket *s);
+int sr__stream_unread(sr_socket *s);
 void sr__stream_linger(sr_socket *s);
 int sr__stream_read(lua_State *L, sr_socket *s);
 int sr__stream_write(lua_State *L, sr_socket *s, size_t total);

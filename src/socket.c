@@ -102,16 +102,24 @@ void sr__socket_linger_quiet(sr_socket *s) {
 }
 
 void sr__socket_close(sr_socket *s) {
+  int unread = 0;
   if (s->closed) return;
   s->closed = 1;
   /* Wake waiters exactly once; their retry finds the socket closed. */
   sr__socket_wake(&s->reader, UV_EBADF);
   sr__socket_wake(&s->writer, UV_EBADF);
-  if (s->kind != SR_DGRAM) sr__stream_release(s);
-  if (s->kind != SR_DGRAM && s->nwrites > 0 && s->werr == 0) {
+  if (s->kind != SR_DGRAM) {
+    unread = sr__stream_unread(s);
+    sr__stream_release(s);
+  }
+  if (s->kind != SR_DGRAM &&
+      ((s->nwrites > 0 && s->werr == 0) || (unread && !s->abortive))) {
     /* Flush what is queued first, as a file's close does, but not for
     ** ever: a peer that stops reading gets the write timeout (or
-    ** SR_CLOSE_LINGER_MS) and then the rest is dropped. */
+    ** SR_CLOSE_LINGER_MS) and then the rest is dropped. Bytes left
+    ** unread linger too, even with nothing queued: close(2) would answer
+    ** them with a reset, which makes the peer drop what it has not read
+    ** yet of ours, the reply to its request. */
     uint32_t t = s->timeout_ms[SR_TWRITE];
     uint64_t ms = t != SR_NO_TIMEOUT ? t : SR_CLOSE_LINGER_MS;
     s->flushing = 1; /* sr.shutdown waits for these (core.counts) */
@@ -121,6 +129,7 @@ void sr__socket_close(sr_socket *s) {
       uv_timer_init(&s->loop->uv, &s->linger->timer);
       s->linger->timer.data = s;
       s->linger->deadline = uv_now(&s->loop->uv) + ms;
+      s->linger->drain_left = s->nwrites > 0 ? UINT64_MAX : SR_CLOSE_DRAIN_MAX;
       uv_timer_start(&s->linger->timer, sr_linger_cb, ms, 0);
       uv_unref((uv_handle_t *)&s->linger->timer); /* the socket is ref'd */
     }

@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -197,6 +198,15 @@ void sr__stream_start(sr_socket *s) {
     else
       s->reading = 1;
   }
+}
+
+/* Whether the peer sent bytes nobody read (in our buffer or still in the
+** kernel's) and may send more: a close now would reset the connection. */
+int sr__stream_unread(sr_socket *s) {
+  int n = 0;
+  if (!s->connected || s->eof || s->rerr != 0 || s->kind == SR_TTY)
+    return 0;
+  return s->len > 0 || (ioctl(s->fd, FIONREAD, &n) == 0 && n > 0);
 }
 
 /* The socket is being closed by the script: stop reading, free unread. */
@@ -780,18 +790,22 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
 }
 
 /* ---------------------------------------------------------------------- */
-/* Closing with writes still going out                                    */
+/* Closing with writes still going out, or bytes unread                   */
 
 /*
-** A socket the script closed while its writes still go out (socket.c)
-** closes as HTTP servers close a connection (a "lingering close"): FIN
-** once the writes are out, and meanwhile what the peer sends is read and
-** dropped, until it ends too or goes quiet. Two reasons. The kernel resets
-** a connection closed with bytes unread, which loses what it still holds
-** for the peer: the end of what we wrote. And a peer that answers what it
-** reads (an echo, a client pipelining requests) stops reading when its
-** answers are not read, and then our flush would wait on it. The flush's
-** linger timer bounds it all (socket.c).
+** A socket the script closed while its writes still go out, or with bytes
+** from the peer unread (socket.c), closes as HTTP servers close a
+** connection (a "lingering close"): FIN once the writes are out, and
+** meanwhile what the peer sends is read and dropped, until it ends too or
+** goes quiet. Two reasons. The kernel resets a connection closed with
+** bytes unread, and a reset makes the peer drop what it has not read yet
+** of ours: the end of what we wrote, the reply to the request it was still
+** sending or pipelining. And a peer that answers what it reads (an echo, a
+** client pipelining requests) stops reading when its answers are not
+** read, and then our flush would wait on it. The flush's linger timer
+** bounds it all in time (socket.c); when nothing was queued, a peer that
+** goes on sending more than SR_CLOSE_DRAIN_MAX is not reading us either,
+** and gets the reset.
 */
 
 static void sr_stream_drain_cb(uv_stream_t *stream, ssize_t nread,
@@ -799,7 +813,15 @@ static void sr_stream_drain_cb(uv_stream_t *stream, ssize_t nread,
   sr_socket *s = stream->data;
   (void)buf; /* the loop's read buffer: dropped */
   if (nread == 0) return;
-  if (nread < 0) sr_stream_stop(s); /* EOF (it may still read) or an error */
+  if (nread < 0) {
+    sr_stream_stop(s); /* EOF (it may still read) or an error */
+  } else if (s->linger != NULL) {
+    if (s->linger->drain_left < (uint64_t)nread) {
+      sr__socket_finish_close(s); /* what it sends next meets a reset */
+      return;
+    }
+    s->linger->drain_left -= (uint64_t)nread;
+  }
   sr_stream_linger_step(s);
 }
 
