@@ -1048,6 +1048,28 @@ describe("s:close", function()
       end)
   end
 
+  it("does not keep a script from ending while it lingers for bytes " ..
+     "unread alone (its data is with the kernel already)", function()
+    local t0 = sr.now()
+    local out, err, code = H.run_script([[
+      local sr = require "sockrun"
+      local l = assert(sr.socket("inet", "stream"))
+      assert(l:bind("127.0.0.1", 0))
+      assert(l:listen())
+      local c = assert(sr.socket("inet", "stream"))
+      assert(c:connect("127.0.0.1", select(2, l:getsockname())))
+      local a = assert(l:accept())
+      assert(c:write("unread"))
+      sr.sleep(0.05)
+      a:close()
+      print(select(3, sr._core.counts())) -- lingering: c is open and quiet
+      PEER = c
+    ]])
+    assert.equal(0, code, err)
+    assert.equal("1\n", out)
+    assert.is_true(sr.now() - t0 < 1.5, "it waited for the quiet peer")
+  end)
+
   it("resets a peer that sends another MiB after a close with its bytes " ..
      "unread: it is not reading what we sent", function()
     local c, a = answer_with_bytes_unread("tcp")

@@ -192,6 +192,7 @@ struct sr_socket {
   unsigned flushing : 1;  /* closed, its queued writes still going out */
   unsigned fin_sent : 1;  /* the shutdown() (FIN) after the writes is done */
   unsigned abortive : 1;  /* linger 0: close resets, lingers for nothing */
+  unsigned unread_only : 1; /* lingering for bytes unread alone (socket.c) */
   unsigned read_now : 1;  /* accepted, not read yet (sr_stream_read_now) */
   union {                 /* last: see above */
     uv_handle_t handle;

@@ -36,11 +36,13 @@ void sr__socket_close_cb(uv_handle_t *h) {
 }
 
 /* A handle is referenced (keeps the loop alive) only while a task waits
-** on it or writes are queued: an idle socket nobody waits on does not keep
-** a script from ending. */
+** on it or writes are queued or being flushed: an idle socket nobody waits
+** on does not keep a script from ending, nor does one that lingers only
+** for bytes unread (its data is with the kernel already). */
 void sr__socket_update_ref(sr_socket *s) {
-  int want = !s->closing && (s->reader != NULL || s->writer != NULL ||
-                              s->nwrites > 0 || s->flushing);
+  int want =
+      !s->closing && (s->reader != NULL || s->writer != NULL ||
+                      s->nwrites > 0 || (s->flushing && !s->unread_only));
   if (want == (int)s->nbio_ref) return;
   if (want)
     uv_ref(&s->h.handle);
@@ -119,21 +121,23 @@ void sr__socket_close(sr_socket *s) {
     ** SR_CLOSE_LINGER_MS) and then the rest is dropped. Bytes left
     ** unread linger too, even with nothing queued: close(2) would answer
     ** them with a reset, which makes the peer drop what it has not read
-    ** yet of ours, the reply to its request. */
+    ** yet of ours, the reply to its request. That linger does not keep
+    ** the loop alive: an exit resets as close(2) would have. */
     uint32_t t = s->timeout_ms[SR_TWRITE];
     uint64_t ms = t != SR_NO_TIMEOUT ? t : SR_CLOSE_LINGER_MS;
     s->flushing = 1; /* sr.shutdown waits for these (core.counts) */
+    s->unread_only = s->nwrites == 0;
     s->loop->nflushing++;
     s->linger = malloc(sizeof *s->linger);
     if (s->linger != NULL) {
       uv_timer_init(&s->loop->uv, &s->linger->timer);
       s->linger->timer.data = s;
       s->linger->deadline = uv_now(&s->loop->uv) + ms;
-      s->linger->drain_left = s->nwrites > 0 ? UINT64_MAX : SR_CLOSE_DRAIN_MAX;
+      s->linger->drain_left = s->unread_only ? SR_CLOSE_DRAIN_MAX : UINT64_MAX;
       uv_timer_start(&s->linger->timer, sr_linger_cb, ms, 0);
-      uv_unref((uv_handle_t *)&s->linger->timer); /* the socket is ref'd */
+      uv_unref((uv_handle_t *)&s->linger->timer); /* the socket may be */
     }
-    sr__socket_update_ref(s); /* the flush keeps the loop alive */
+    sr__socket_update_ref(s); /* a flush keeps the loop alive */
     sr__stream_linger(s);     /* and stream.c ends it */
     return;
   }
