@@ -274,6 +274,7 @@ void sr__socket_update_ref(sr_socket *s);
 void sr__socket_open(lua_State *L, sr_loop *lp);
 void sr__socket_finish_close(sr_socket *s);
 void sr__socket_linger_quiet(sr_socket *s);
+void sr__socket_linger_stop(sr_socket *s);
 void sr__socket_close_cb(uv_handle_t *h);
 
 /* stream.c; the buffer and framing functions are also what the fuzz

@@ -204,10 +204,7 @@ static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
     s->closed = 1;
     s->closing = 1;
     s->reader = s->writer = NULL; /* no task is woken at teardown */
-    if (s->linger != NULL) {
-      uv_close((uv_handle_t *)&s->linger->timer, sr__free_close_cb);
-      s->linger = NULL;
-    }
+    sr__socket_linger_stop(s);
     uv_close(h, sr__socket_close_cb);
     if (h->type == UV_POLL) close(s->fd);
   } else if (pass == 2) {

@@ -72,7 +72,8 @@ static void sr_socket_uv_close(sr_socket *s) {
   uv_close(&s->h.handle, sr__socket_close_cb);
 }
 
-static void sr_linger_stop(sr_socket *s) {
+/* Drop the linger timer of a closed socket, if it has one (loop.c too). */
+void sr__socket_linger_stop(sr_socket *s) {
   if (s->linger != NULL) {
     uv_close((uv_handle_t *)&s->linger->timer, sr__free_close_cb);
     s->linger = NULL;
@@ -83,7 +84,7 @@ static void sr_linger_stop(sr_socket *s) {
 ** after the FIN: drop what is left. */
 static void sr_linger_cb(uv_timer_t *timer) {
   sr_socket *s = timer->data;
-  sr_linger_stop(s);
+  sr__socket_linger_stop(s);
   sr_socket_uv_close(s);
 }
 
@@ -104,18 +105,19 @@ void sr__socket_linger_quiet(sr_socket *s) {
 }
 
 void sr__socket_close(sr_socket *s) {
-  int unread = 0;
+  int unread;
   if (s->closed) return;
   s->closed = 1;
   /* Wake waiters exactly once; their retry finds the socket closed. */
   sr__socket_wake(&s->reader, UV_EBADF);
   sr__socket_wake(&s->writer, UV_EBADF);
-  if (s->kind != SR_DGRAM) {
-    unread = sr__stream_unread(s);
-    sr__stream_release(s);
+  if (s->kind == SR_DGRAM) {
+    sr_socket_uv_close(s);
+    return;
   }
-  if (s->kind != SR_DGRAM &&
-      ((s->nwrites > 0 && s->werr == 0) || (unread && !s->abortive))) {
+  unread = sr__stream_unread(s); /* before the release frees our buffer */
+  sr__stream_release(s);
+  if ((s->nwrites > 0 && s->werr == 0) || (unread && !s->abortive)) {
     /* Flush what is queued first, as a file's close does, but not for
     ** ever: a peer that stops reading gets the write timeout (or
     ** SR_CLOSE_LINGER_MS) and then the rest is dropped. Bytes left
@@ -147,7 +149,7 @@ void sr__socket_close(sr_socket *s) {
 /* Called by stream.c when the last queued write of a closed socket ends. */
 void sr__socket_finish_close(sr_socket *s) {
   if (!s->closed) return;
-  sr_linger_stop(s);
+  sr__socket_linger_stop(s);
   sr_socket_uv_close(s);
 }
 
