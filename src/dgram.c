@@ -11,10 +11,10 @@
 
 #include "internal.h"
 
-int sr__dgram_init(sr_socket *s, int family) {
+int sr__dgram_init(sr_socket *s, sr_loop *lp, int family) {
   int err, fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
-  err = uv_poll_init_socket(&s->loop->uv, &s->h.poll, fd);
+  err = uv_poll_init_socket(&lp->uv, &s->h.poll, fd);
   if (err < 0) {
     close(fd);
     return err;
@@ -64,17 +64,19 @@ static int sr_dgram_recv_k(lua_State *L, int status, lua_KContext ctx) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     ssize_t n;
+    sr_loop *lp;
     if (s == NULL) return 3;
-    if (!fresh && sr__timedout(s->loop))
+    if (!fresh && sr__timedout(sr_socket_loop(s)))
       return sr__fail(L, UV_ETIMEDOUT);
-    sr__stream_reclaim(s->loop); /* a stream's reader may be reading it */
+    lp = sr_socket_loop(s);
+    sr__stream_reclaim(lp); /* a stream's reader may be reading it */
     /* MSG_TRUNC: the datagram's own length, also when the buffer was not
     ** long enough for it (a unix datagram can be longer than 64 KiB) */
-    n = recvfrom(s->fd, s->loop->rbuf, sizeof s->loop->rbuf, MSG_TRUNC,
+    n = recvfrom(s->fd, lp->rbuf, sizeof lp->rbuf, MSG_TRUNC,
                  (struct sockaddr *)&ss, &len);
-    if (n > (ssize_t)sizeof s->loop->rbuf) return sr__fail(L, UV_EMSGSIZE);
+    if (n > (ssize_t)sizeof lp->rbuf) return sr__fail(L, UV_EMSGSIZE);
     if (n >= 0) {
-      lua_pushlstring(L, s->loop->rbuf, (size_t)n);
+      lua_pushlstring(L, lp->rbuf, (size_t)n);
       if (!with_addr) return 1;
       if (len == 0 || (s->family == AF_UNIX && len <= sizeof(sa_family_t))) {
         lua_pushliteral(L, ""); /* an unbound unix sender has no name */
@@ -126,7 +128,7 @@ static int sr_dgram_send_k(lua_State *L, int status, lua_KContext ctx) {
       else
         len = sr__check_inaddr(L, 3, 4, s->family, &ss);
     }
-    if (!fresh && sr__timedout(s->loop))
+    if (!fresh && sr__timedout(sr_socket_loop(s)))
       return sr__fail(L, UV_ETIMEDOUT);
     r = sendto(s->fd, data, n, MSG_NOSIGNAL,
                len ? (struct sockaddr *)&ss : NULL, len);

@@ -56,6 +56,7 @@ typedef struct sr_task_timer sr_task_timer;
 typedef struct sr_dns_req sr_dns_req;
 typedef struct sr_socket sr_socket;
 typedef struct sr_linger sr_linger;
+typedef struct sr_socket_extra sr_socket_extra;
 
 /*
 ** A task is a coroutine scheduled by sockrun. It waits on one thing at a
@@ -80,21 +81,18 @@ typedef enum {
 } sr_wait_kind;
 
 /* A task is allocated for each connection a server serves: its fields
-** are ordered and sized so that it takes 96 bytes. */
+** are ordered and sized so that it takes 56 bytes, and what few tasks
+** need (the timer of a wait with a timeout, the lists of join) is in a
+** block of its own, allocated on first use (task.c). */
 struct sr_task {
   sr_loop *loop;
   lua_State *co; /* the coroutine; NULL for the loop-driving one */
   void *wait_on; /* what it waits on, as waits_on says */
-  sr_task_timer *timer; /* lazily allocated (task.c) */
-  uint64_t deadline; /* loop time (ms) the current operation ends at */
-  sr_task *joiners;     /* tasks waiting in join() for this one */
-  sr_task *next_joiner; /* link in the joined task's list */
+  sr_task_timer *timer; /* that block, or NULL */
   /* A connection handler (sr.listen) owns its connection: it is closed
-  ** when the task ends. conn points into the socket's userdata, which sits
-  ** at the bottom of the coroutine's stack (task.c); handlers are listed
-  ** in the loop for sr.shutdown. */
+  ** when the task ends. conn points into the socket's userdata, which the
+  ** task anchors (task.c). */
   sr_socket **conn;
-  sr_task *prev_handler, *next_handler;
   int ref;      /* registry ref anchoring the task while alive */
   int nres;     /* results (or error object) on co's stack */
   int16_t wake; /* why the last wait ended: 0 or a UV_E* code */
@@ -122,7 +120,6 @@ struct sr_loop {
   int stop_with_main;   /* a stop ended its sr.run: stop when it ends */
   sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
-  sr_task *handlers;     /* running tasks that own a connection */
   char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
   int nspare;
   int running;       /* > 0 while inside uv_run */
@@ -149,26 +146,25 @@ typedef enum { SR_TCP, SR_PIPE, SR_DGRAM, SR_TTY } sr_kind;
 ** (sr__socket_size): a TCP connection does not pay for a tty. An idle
 ** connection costs this struct, so the fields are sized to what they
 ** hold: libuv error codes fit 16 bits, buffer offsets 32 (a socket never
-** holds 4 GiB unread), timeouts are kept in milliseconds.
+** holds 4 GiB unread); what few sockets set (timeouts, a line bound, a
+** bound path, a linger) is in a block of its own, made on first use; and
+** the loop is the handle's. Then a TCP connection is 96 + 248 bytes, 352
+** with malloc's header: a size class below 384.
 */
 #define SR_NO_TIMEOUT UINT32_MAX /* in timeout_ms: none */
 #define SR_BUF_MAX UINT32_MAX    /* bound on unread and gathered bytes */
 
 struct sr_socket {
-  sr_loop *loop;
   sr_task *reader;       /* the task waiting to read/accept/recv */
   sr_task *writer;       /* the task waiting to write/connect/send */
   /* Unread bytes: buf[off .. off+len). NULL while nothing is unread. */
   char *buf;
   char *wbuf;            /* gathered bytes, not yet given to the kernel */
-  char *path;            /* unix path we bound, unlinked at close */
-  sr_linger *linger;     /* bounds the flush of a closed socket */
+  sr_socket_extra *extra; /* or NULL: see sr_socket_extra */
   sr_socket *next_dirty; /* link in the loop's list of such sockets */
   uint32_t off, len, cap;
   uint32_t scanned;      /* bytes from off known to hold no '\n' */
-  uint32_t maxline;
   uint32_t wlen, wcap;
-  uint32_t timeout_ms[3]; /* connect, read, write; or SR_NO_TIMEOUT */
   int fd;                 /* the descriptor (datagram: owned by us) */
   int nwrites;            /* queued write requests */
   int16_t rerr;           /* sticky read error (UV_E*), reported after data */
@@ -205,6 +201,22 @@ struct sr_socket {
 };
 
 enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };
+
+/* The loop a socket is in: its handle's (uv comes first in sr_loop). */
+#define sr_socket_loop(s) ((sr_loop *)(s)->h.handle.loop)
+
+/* A socket's rarely set state, allocated when first set (socket.c);
+** without it, the defaults below hold. Freed with the socket. */
+struct sr_socket_extra {
+  char *path;            /* unix path we bound, unlinked at close */
+  sr_linger *linger;     /* bounds the flush of a closed socket */
+  uint32_t maxline;      /* SR_DEFAULT_MAXLINE */
+  uint32_t timeout_ms[3]; /* connect, read, write; or SR_NO_TIMEOUT (all) */
+};
+sr_socket_extra *sr__socket_extra(sr_socket *s);
+#define sr_socket_maxline(s) \
+  ((s)->extra != NULL ? (s)->extra->maxline : SR_DEFAULT_MAXLINE)
+#define sr_socket_linger(s) ((s)->extra != NULL ? (s)->extra->linger : NULL)
 
 /* The timer of a closed socket's flush (socket.c): the handle first, so
 ** that sr__free_close_cb frees it all. */
@@ -304,7 +316,7 @@ int sr__stream_flush(sr_socket *s);
 int sr__stream_shutdown(lua_State *L);
 
 /* dgram.c */
-int sr__dgram_init(sr_socket *s, int family);
+int sr__dgram_init(sr_socket *s, sr_loop *lp, int family);
 int sr__dgram_sendto(lua_State *L);
 int sr__dgram_recvfrom(lua_State *L);
 int sr__dgram_read(lua_State *L);
@@ -322,7 +334,7 @@ void sr__dns_detach(sr_task *t);
 void sr__dns_free_answers(sr_loop *lp);
 /* tty.c */
 void sr__tty_open(lua_State *L, sr_loop *lp);
-int sr__tty_init(sr_socket *s, int *inited);
+int sr__tty_init(sr_socket *s, sr_loop *lp, int *inited);
 void sr__tty_release(sr_socket *s);
 void sr__tty_forget(sr_loop *lp);
 void sr__signal_open(lua_State *L, sr_loop *lp);

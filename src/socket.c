@@ -25,14 +25,34 @@
 */
 void sr__socket_close_cb(uv_handle_t *h) {
   sr_socket *s = h->data;
-  s->loop->nsockets--;
+  sr_socket_loop(s)->nsockets--;
   /* the loop's read buffer may still be lent to it (stream.c): a released
   ** socket has nothing there to reclaim, and its memory goes now */
-  if (s->loop->lent == s) s->loop->lent = NULL;
+  if (sr_socket_loop(s)->lent == s) sr_socket_loop(s)->lent = NULL;
   if (!s->borrowed) free(s->buf);
   free(s->wbuf);
-  free(s->path);
+  if (s->extra != NULL) free(s->extra->path);
+  free(s->extra);
   free(s);
+}
+
+/* s's rarely set state, made with the defaults on first use; NULL when
+** out of memory. */
+sr_socket_extra *sr__socket_extra(sr_socket *s) {
+  sr_socket_extra *x = s->extra;
+  if (x == NULL && (x = malloc(sizeof *x)) != NULL) {
+    x->path = NULL;
+    x->linger = NULL;
+    x->maxline = SR_DEFAULT_MAXLINE;
+    x->timeout_ms[0] = x->timeout_ms[1] = x->timeout_ms[2] = SR_NO_TIMEOUT;
+    s->extra = x;
+  }
+  return x;
+}
+
+/* The socket's timeout of that kind, in ms or SR_NO_TIMEOUT. */
+static uint32_t sr_socket_timeout_ms(const sr_socket *s, int which) {
+  return s->extra != NULL ? s->extra->timeout_ms[which] : SR_NO_TIMEOUT;
 }
 
 /* A handle is referenced (keeps the loop alive) only while a task waits
@@ -58,10 +78,12 @@ static void sr_socket_uv_close(sr_socket *s) {
   s->closing = 1;
   if (s->flushing) {
     s->flushing = 0;
-    s->loop->nflushing--;
+    sr_socket_loop(s)->nflushing--;
   }
   /* a path we bound for a server or a datagram socket is ours to remove */
-  if (s->path != NULL && (s->listening || s->kind == SR_DGRAM)) unlink(s->path);
+  if (s->extra != NULL && s->extra->path != NULL &&
+      (s->listening || s->kind == SR_DGRAM))
+    unlink(s->extra->path);
   if (s->kind == SR_DGRAM) {
     uv_poll_stop(&s->h.poll);
     uv_close(&s->h.handle, sr__socket_close_cb);
@@ -74,9 +96,10 @@ static void sr_socket_uv_close(sr_socket *s) {
 
 /* Drop the linger timer of a closed socket, if it has one (loop.c too). */
 void sr__socket_linger_stop(sr_socket *s) {
-  if (s->linger != NULL) {
-    uv_close((uv_handle_t *)&s->linger->timer, sr__free_close_cb);
-    s->linger = NULL;
+  sr_linger *lg = sr_socket_linger(s);
+  if (lg != NULL) {
+    uv_close((uv_handle_t *)&lg->timer, sr__free_close_cb);
+    s->extra->linger = NULL;
   }
 }
 
@@ -92,13 +115,13 @@ static void sr_linger_cb(uv_timer_t *timer) {
 ** nothing for SR_CLOSE_QUIET_MS, within the flush's own bound. Each read
 ** while lingering starts the wait again (stream.c). */
 void sr__socket_linger_quiet(sr_socket *s) {
-  sr_linger *lg = s->linger;
+  sr_linger *lg = sr_socket_linger(s);
   uint64_t now, left;
   if (lg == NULL) { /* nothing bounds the wait: do not wait */
     sr__socket_finish_close(s);
     return;
   }
-  now = uv_now(&s->loop->uv);
+  now = uv_now(&sr_socket_loop(s)->uv);
   left = lg->deadline > now ? lg->deadline - now : 0;
   uv_timer_start(&lg->timer, sr_linger_cb,
                  left < SR_CLOSE_QUIET_MS ? left : SR_CLOSE_QUIET_MS, 0);
@@ -125,19 +148,22 @@ void sr__socket_close(sr_socket *s) {
     ** them with a reset, which makes the peer drop what it has not read
     ** yet of ours, the reply to its request. That linger does not keep
     ** the loop alive: an exit resets as close(2) would have. */
-    uint32_t t = s->timeout_ms[SR_TWRITE];
+    uint32_t t = sr_socket_timeout_ms(s, SR_TWRITE);
     uint64_t ms = t != SR_NO_TIMEOUT ? t : SR_CLOSE_LINGER_MS;
+    sr_loop *lp = sr_socket_loop(s);
+    sr_socket_extra *x = sr__socket_extra(s);
+    sr_linger *lg = x != NULL ? malloc(sizeof *lg) : NULL;
     s->flushing = 1; /* sr.shutdown waits for these (core.counts) */
     s->unread_only = s->nwrites == 0;
-    s->loop->nflushing++;
-    s->linger = malloc(sizeof *s->linger);
-    if (s->linger != NULL) {
-      uv_timer_init(&s->loop->uv, &s->linger->timer);
-      s->linger->timer.data = s;
-      s->linger->deadline = uv_now(&s->loop->uv) + ms;
-      s->linger->drain_left = s->unread_only ? SR_CLOSE_DRAIN_MAX : UINT64_MAX;
-      uv_timer_start(&s->linger->timer, sr_linger_cb, ms, 0);
-      uv_unref((uv_handle_t *)&s->linger->timer); /* the socket may be */
+    lp->nflushing++;
+    if (lg != NULL) { /* (without, nothing bounds it: linger_quiet) */
+      x->linger = lg;
+      uv_timer_init(&lp->uv, &lg->timer);
+      lg->timer.data = s;
+      lg->deadline = uv_now(&lp->uv) + ms;
+      lg->drain_left = s->unread_only ? SR_CLOSE_DRAIN_MAX : UINT64_MAX;
+      uv_timer_start(&lg->timer, sr_linger_cb, ms, 0);
+      uv_unref((uv_handle_t *)&lg->timer); /* the socket may be */
     }
     sr__socket_update_ref(s); /* a flush keeps the loop alive */
     sr__stream_linger(s);     /* and stream.c ends it */
@@ -195,7 +221,7 @@ static uint32_t sr_timeout_ms(double sec) {
 
 /* The socket's timeout of that kind in seconds, < 0 for none. */
 static double sr_socket_timeout(const sr_socket *s, int which) {
-  uint32_t ms = s->timeout_ms[which];
+  uint32_t ms = sr_socket_timeout_ms(s, which);
   return ms == SR_NO_TIMEOUT ? -1 : ms / 1000.0;
 }
 
@@ -213,7 +239,7 @@ void sr__socket_detach(sr_task *t) {
 static int sr_socket_wait_for(lua_State *L, sr_socket *s, sr_task **slot,
                               double timeout, int fresh, lua_KContext ctx,
                               lua_KFunction k) {
-  sr_task *t = sr__self(L, s->loop);
+  sr_task *t = sr__self(L, sr_socket_loop(s));
   if (*slot != NULL && *slot != t)
     luaL_error(L, "socket is busy: another task is already %s on it",
                slot == &s->reader ? "reading" : "writing");
@@ -270,12 +296,9 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
     *errp = UV_ENOMEM;
     return NULL;
   }
-  s->loop = lp;
   s->kind = kind;
   s->family = family;
   s->fd = -1;
-  s->maxline = SR_DEFAULT_MAXLINE;
-  s->timeout_ms[0] = s->timeout_ms[1] = s->timeout_ms[2] = SR_NO_TIMEOUT;
   switch (kind) {
     case SR_TCP:
       err = uv_tcp_init_ex(&lp->uv, &s->h.tcp,
@@ -292,8 +315,8 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
           close(fd);
       }
       break;
-    case SR_DGRAM: err = sr__dgram_init(s, family); break;
-    case SR_TTY: err = sr__tty_init(s, &inited); break;
+    case SR_DGRAM: err = sr__dgram_init(s, lp, family); break;
+    case SR_TTY: err = sr__tty_init(s, lp, &inited); break;
   }
   if (err < 0 && inited) {
     /* the handle is in the loop already: close it the libuv way, so its
@@ -380,7 +403,7 @@ static int sr_socket_gc(lua_State *L) {
   if (*ud != NULL) {
     sr_socket *s = *ud;
     *ud = NULL;
-    if (s->loop->L == NULL) {
+    if (sr_socket_loop(s)->L == NULL) {
       s->reader = s->writer = NULL;
       return 0;
     }
@@ -579,9 +602,11 @@ static int sr_socket_bind(lua_State *L) {
   if (bind(s->fd, (struct sockaddr *)&ss, len) < 0) return sr__fail(L, -errno);
   if (s->family == AF_UNIX) {
     const char *path = lua_tostring(L, 2);
-    if (path[0] != '@' && path[0] != '\0') {
-      free(s->path);
-      s->path = strdup(path);
+    sr_socket_extra *x;
+    if (path[0] != '@' && path[0] != '\0' &&
+        (x = sr__socket_extra(s)) != NULL) {
+      free(x->path);
+      x->path = strdup(path); /* (NULL: then it is not removed at close) */
     }
   }
   lua_pushboolean(L, 1);
@@ -627,7 +652,7 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
       int err, len = sizeof ss;
       /* Out of memory, the connection stays pending for the next accept:
       ** libuv takes no more connections until this one is accepted. */
-      c = sr__new_socket(L, s->loop, s->kind, s->family);
+      c = sr__new_socket(L, sr_socket_loop(s), s->kind, s->family);
       if (c == NULL) return sr__fail(L, UV_ENOMEM);
       s->accept_status = 0;
       err = uv_accept(&s->h.stream, &c->h.stream);
@@ -646,7 +671,8 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
       }
       return 1 + sr__push_addr(L, (struct sockaddr *)&ss, (socklen_t)len);
     }
-    if (!fresh && sr__timedout(s->loop)) return sr__fail(L, UV_ETIMEDOUT);
+    if (!fresh && sr__timedout(sr_socket_loop(s)))
+      return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_socket_accept_k);
     fresh = 0;
   }
@@ -677,7 +703,8 @@ static int sr_socket_connect_k(lua_State *L, int status, lua_KContext ctx) {
       lua_pushboolean(L, 1);
       return 1;
     }
-    if (!fresh && sr__timedout(s->loop)) return sr__fail(L, UV_ETIMEDOUT);
+    if (!fresh && sr__timedout(sr_socket_loop(s)))
+      return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->writer, SR_TCONNECT, fresh, ctx,
                     sr_socket_connect_k);
     fresh = 0;
@@ -709,7 +736,7 @@ static int sr_pipe_connect_k(lua_State *L, int status, lua_KContext ctx) {
       return 1;
     }
     if (errno != EAGAIN) return sr__fail(L, -errno);
-    now = uv_now(&s->loop->uv);
+    now = uv_now(&sr_socket_loop(s)->uv);
     if (end != 0 && now + 1 >= end) return sr__fail(L, UV_ETIMEDOUT);
     ctx = (lua_KContext)(end << 7 | (delay * 2 < SR_PIPE_RETRY_MAX_MS
                                          ? delay * 2
@@ -736,8 +763,9 @@ static int sr_socket_connect(lua_State *L) {
   if (s->connect_status != 0) return sr_socket_connect_k(L, LUA_OK, 0);
   if (s->listening) return sr__fail(L, UV_EINVAL);
   if (s->kind == SR_PIPE) {
-    uint32_t t = s->timeout_ms[SR_TCONNECT];
-    uint64_t end = t == SR_NO_TIMEOUT ? 0 : uv_now(&s->loop->uv) + t + 1;
+    uint32_t t = sr_socket_timeout_ms(s, SR_TCONNECT);
+    uint64_t end =
+        t == SR_NO_TIMEOUT ? 0 : uv_now(&sr_socket_loop(s)->uv) + t + 1;
     return sr_pipe_connect_k(L, LUA_OK, (lua_KContext)(end << 7 | 1));
   }
   if (s->kind != SR_TCP) { /* datagram: immediate */
@@ -781,26 +809,37 @@ static int sr_socket_getpeername(lua_State *L) {
   return sr_socket_names(L, 1);
 }
 
-static int sr_socket_settimeout(lua_State *L) {
-  sr_socket *s = sr__check_socket(L, 1);
-  double t = sr__opt_seconds(L, 2);
-  if (s == NULL) return 3;
-  s->timeout_ms[SR_TCONNECT] = s->timeout_ms[SR_TREAD] =
-      s->timeout_ms[SR_TWRITE] = sr_timeout_ms(t);
+/* Set the three timeouts (ms); none on a socket that has no extra
+** block is what it has already. */
+static int sr_socket_set_timeouts(lua_State *L, sr_socket *s, uint32_t c,
+                                  uint32_t r, uint32_t w) {
+  sr_socket_extra *x = s->extra;
+  if (x == NULL && (c & r & w) != SR_NO_TIMEOUT &&
+      (x = sr__socket_extra(s)) == NULL)
+    return sr__fail(L, UV_ENOMEM);
+  if (x != NULL) {
+    x->timeout_ms[SR_TCONNECT] = c;
+    x->timeout_ms[SR_TREAD] = r;
+    x->timeout_ms[SR_TWRITE] = w;
+  }
   lua_pushboolean(L, 1);
   return 1;
 }
 
+static int sr_socket_settimeout(lua_State *L) {
+  sr_socket *s = sr__check_socket(L, 1);
+  uint32_t t = sr_timeout_ms(sr__opt_seconds(L, 2));
+  if (s == NULL) return 3;
+  return sr_socket_set_timeouts(L, s, t, t, t);
+}
+
 static int sr_socket_settimeouts(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
-  double c = sr__opt_seconds(L, 2), r = sr__opt_seconds(L, 3),
-         w = sr__opt_seconds(L, 4);
+  uint32_t c = sr_timeout_ms(sr__opt_seconds(L, 2)),
+           r = sr_timeout_ms(sr__opt_seconds(L, 3)),
+           w = sr_timeout_ms(sr__opt_seconds(L, 4));
   if (s == NULL) return 3;
-  s->timeout_ms[SR_TCONNECT] = sr_timeout_ms(c);
-  s->timeout_ms[SR_TREAD] = sr_timeout_ms(r);
-  s->timeout_ms[SR_TWRITE] = sr_timeout_ms(w);
-  lua_pushboolean(L, 1);
-  return 1;
+  return sr_socket_set_timeouts(L, s, c, r, w);
 }
 
 /* The timeouts, as the Lua side needs them to bound name resolution. */
@@ -809,7 +848,7 @@ static int sr_socket_gettimeouts(lua_State *L) {
   int i;
   if (s == NULL) return 3;
   for (i = 0; i < 3; i++) {
-    if (s->timeout_ms[i] == SR_NO_TIMEOUT)
+    if (sr_socket_timeout_ms(s, i) == SR_NO_TIMEOUT)
       lua_pushnil(L);
     else
       lua_pushnumber(L, sr_socket_timeout(s, i));
@@ -820,10 +859,12 @@ static int sr_socket_gettimeouts(lua_State *L) {
 static int sr_socket_setmaxline(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
+  sr_socket_extra *x;
   luaL_argcheck(L, n > 0, 2, "limit must be positive");
   if (s == NULL) return 3;
+  if ((x = sr__socket_extra(s)) == NULL) return sr__fail(L, UV_ENOMEM);
   /* no socket holds more than SR_BUF_MAX unread: a higher limit is none */
-  s->maxline = n < (lua_Integer)SR_BUF_MAX ? (uint32_t)n : SR_BUF_MAX;
+  x->maxline = n < (lua_Integer)SR_BUF_MAX ? (uint32_t)n : SR_BUF_MAX;
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -30,10 +30,10 @@ static void sr_stream_alloc_cb(uv_handle_t *h, size_t suggested,
                                uv_buf_t *buf) {
   sr_socket *s = h->data;
   (void)suggested;
-  if (s->loop->lent != NULL) /* lent by sr_stream_read_now, say */
-    sr__stream_reclaim(s->loop);
-  buf->base = s->loop->rbuf;
-  buf->len = sizeof s->loop->rbuf;
+  if (sr_socket_loop(s)->lent != NULL) /* lent by sr_stream_read_now, say */
+    sr__stream_reclaim(sr_socket_loop(s));
+  buf->base = sr_socket_loop(s)->rbuf;
+  buf->len = sizeof sr_socket_loop(s)->rbuf;
 }
 
 /* Append to the socket's unread bytes, growing or compacting the buffer. */
@@ -111,13 +111,14 @@ sr_stream_received(sr_socket *s, ssize_t nread, int lend) {
     /* Zero copy: the reader reads straight from the loop's buffer; it
     ** usually takes everything (a request, a block) so nothing is copied.
     ** What it leaves is copied before the buffer is filled again. */
-    s->buf = s->loop->rbuf;
+    s->buf = sr_socket_loop(s)->rbuf;
     s->off = s->scanned = s->cap = 0;
     s->len = (uint32_t)nread;
     s->borrowed = 1;
-    s->loop->lent = s;
+    sr_socket_loop(s)->lent = s;
   } else if (nread > 0) {
-    if ((err = sr__stream_append(s, s->loop->rbuf, (size_t)nread)) < 0) {
+    err = sr__stream_append(s, sr_socket_loop(s)->rbuf, (size_t)nread);
+    if (err < 0) {
       s->rerr = err;
       sr_stream_stop(s);
     }
@@ -147,7 +148,7 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
   ** amount from the kernel; a reader waiting resumes it. */
   if (s->reader == NULL && s->len >= SR_READ_HIGH_WATER) sr_stream_stop(s);
   if (nread != 0) sr__socket_wake(&s->reader, 0);
-  sr__stream_reclaim(s->loop);
+  sr__stream_reclaim(sr_socket_loop(s));
 }
 
 /*
@@ -179,9 +180,9 @@ void sr__stream_reclaim(sr_loop *lp) {
 static int sr_stream_read_now(sr_socket *s) {
   ssize_t n;
   s->read_now = 0;
-  sr__stream_reclaim(s->loop); /* another reader may have the buffer */
+  sr__stream_reclaim(sr_socket_loop(s)); /* another reader may have it */
   do
-    n = read(s->fd, s->loop->rbuf, sizeof s->loop->rbuf);
+    n = read(s->fd, sr_socket_loop(s)->rbuf, sizeof sr_socket_loop(s)->rbuf);
   while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
   sr_stream_received(s, n < 0 ? -errno : n == 0 ? UV_EOF : n, 1);
@@ -437,7 +438,7 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
       if (nl != NULL) {
         size_t n = (size_t)(nl - base) + 1, k = n;
         size_t content = n - 1 - (n >= 2 && base[n - 2] == '\r');
-        if (content > s->maxline)
+        if (content > sr_socket_maxline(s))
           return sr__fail_msg(L, "line too long", "ENOBUFS");
         if (!keep) k = content;
         sr_push_bytes(L, base, k);
@@ -445,7 +446,8 @@ int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt,
         return 1;
       }
       s->scanned = s->len;
-      if (s->len - (s->len > 0 && base[s->len - 1] == '\r') > s->maxline &&
+      if (s->len - (s->len > 0 && base[s->len - 1] == '\r') >
+              sr_socket_maxline(s) &&
           !ended)
         return sr__fail_msg(L, "line too long", "ENOBUFS");
       break;
@@ -475,7 +477,7 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
     ** finalizer run by a push may have closed the socket. */
     if (s->closed) return done + sr__fail(L, UV_EBADF);
     while ((n = sr__stream_try_read(L, s, fmt, count, keep)) == 0) {
-      if (!fresh && sr__timedout(s->loop))
+      if (!fresh && sr__timedout(sr_socket_loop(s)))
         return done + sr__fail(L, UV_ETIMEDOUT);
       if (s->read_now && sr_stream_read_now(s)) continue;
       sr__stream_start(s);
@@ -532,7 +534,7 @@ static size_t sr_stream_queued(sr_socket *s) {
 static void sr_stream_undirty(sr_socket *s) {
   sr_socket **p;
   if (!s->dirty) return;
-  for (p = &s->loop->dirty; *p != NULL; p = &(*p)->next_dirty) {
+  for (p = &sr_socket_loop(s)->dirty; *p != NULL; p = &(*p)->next_dirty) {
     if (*p == s) {
       *p = s->next_dirty;
       break;
@@ -556,9 +558,9 @@ int sr__stream_flush(sr_socket *s) {
   sr_stream_undirty(s);
   if (s->wlen == 0) return 0;
   b = uv_buf_init(s->wbuf, (unsigned)s->wlen);
-  sr__sigpipe_block(s->loop, &saved);
+  sr__sigpipe_block(sr_socket_loop(s), &saved);
   done = uv_try_write(&s->h.stream, &b, 1);
-  sr__sigpipe_restore(s->loop, &saved);
+  sr__sigpipe_restore(sr_socket_loop(s), &saved);
   if (done == UV_EAGAIN || done == UV_ENOSYS) done = 0;
   err = done < 0 ? (int)done : 0;
   if (err == 0 && (size_t)done < s->wlen) {
@@ -580,8 +582,8 @@ int sr__stream_flush(sr_socket *s) {
     }
   }
   if (s->wbuf != NULL && s->wcap == SR_GATHER_FIRST &&
-      s->loop->nspare < SR_GATHER_SPARES)
-    s->loop->spare[s->loop->nspare++] = s->wbuf;
+      sr_socket_loop(s)->nspare < SR_GATHER_SPARES)
+    sr_socket_loop(s)->spare[sr_socket_loop(s)->nspare++] = s->wbuf;
   else
     free(s->wbuf);
   s->wbuf = NULL;
@@ -593,10 +595,11 @@ int sr__stream_flush(sr_socket *s) {
 /* Gather n bytes from the arguments 2..top into s->wbuf. */
 static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
   int i, top = lua_gettop(L);
+  sr_loop *lp = sr_socket_loop(s);
   if (n == 0) return 0; /* write(""): there may be no buffer to copy into */
-  if (s->wcap == 0 && n > 0 && n <= SR_GATHER_FIRST && s->loop->nspare > 0) {
+  if (s->wcap == 0 && n > 0 && n <= SR_GATHER_FIRST && lp->nspare > 0) {
     /* a buffer that went out whole: no malloc and free per reply */
-    s->wbuf = s->loop->spare[--s->loop->nspare];
+    s->wbuf = lp->spare[--lp->nspare];
     s->wcap = SR_GATHER_FIRST;
   } else if (s->wlen + n > s->wcap) {
     size_t cap = s->wcap ? s->wcap * 2 : SR_GATHER_FIRST;
@@ -613,7 +616,6 @@ static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
     s->wlen += len;
   }
   if (!s->dirty) {
-    sr_loop *lp = s->loop;
     s->dirty = 1;
     s->next_dirty = lp->dirty;
     lp->dirty = s;
@@ -624,7 +626,7 @@ static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
 static void sr_stream_write_cb(uv_write_t *req, int status) {
   sr_write_req *w = (sr_write_req *)req;
   sr_socket *s = req->handle->data;
-  sr_loop *lp = s->loop;
+  sr_loop *lp = sr_socket_loop(s);
   if (w->owned != NULL)
     free(w->owned);
   else if (lp->L != NULL)
@@ -652,7 +654,7 @@ static int sr_stream_write_k(lua_State *L, int status, lua_KContext ctx) {
       return 1;
     }
     if (!fresh &&
-        sr__timedout(s->loop))
+        sr__timedout(sr_socket_loop(s)))
       return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->writer, SR_TWRITE, fresh, ctx, sr_stream_write_k);
     fresh = 0;
@@ -733,7 +735,7 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   /* Inside a task, a small write is gathered: replies made while working
   ** through buffered input leave together, in one write per socket, when
   ** the task gives control back to the loop (sr__loop_flush). */
-  if (s->loop->current != NULL && total <= SR_GATHER_MAX &&
+  if (sr_socket_loop(s)->current != NULL && total <= SR_GATHER_MAX &&
       s->wlen + total <= SR_GATHER_LIMIT) {
     if ((err = sr_stream_gather(L, s, total)) < 0) return sr__fail(L, err);
     if (sr_stream_queued(s) > SR_WRITE_HIGH_WATER)
@@ -758,9 +760,9 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
       len -= piece;
     } while (len > 0);
   }
-  sr__sigpipe_block(s->loop, &saved);
+  sr__sigpipe_block(sr_socket_loop(s), &saved);
   done = uv_try_write(&s->h.stream, bufs, (unsigned)nbufs);
-  sr__sigpipe_restore(s->loop, &saved);
+  sr__sigpipe_restore(sr_socket_loop(s), &saved);
   if (done == UV_EAGAIN || done == UV_ENOSYS) done = 0;
   err = done < 0 ? (int)done : 0;
   if (err == 0 && (size_t)done < total) {
@@ -811,16 +813,17 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
 static void sr_stream_drain_cb(uv_stream_t *stream, ssize_t nread,
                                const uv_buf_t *buf) {
   sr_socket *s = stream->data;
+  sr_linger *lg;
   (void)buf; /* the loop's read buffer: dropped */
   if (nread == 0) return;
   if (nread < 0) {
     sr_stream_stop(s); /* EOF (it may still read) or an error */
-  } else if (s->linger != NULL) {
-    if (s->linger->drain_left < (uint64_t)nread) {
+  } else if ((lg = sr_socket_linger(s)) != NULL) {
+    if (lg->drain_left < (uint64_t)nread) {
       sr__socket_finish_close(s); /* what it sends next meets a reset */
       return;
     }
-    s->linger->drain_left -= (uint64_t)nread;
+    lg->drain_left -= (uint64_t)nread;
   }
   sr_stream_linger_step(s);
 }

@@ -34,7 +34,10 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs);
 
 /*
 ** A task's timer, allocated on first use, so that a task that never
-** sleeps or times out costs none. A wait due at once (a bare yield, a wake
+** sleeps, times out or joins costs none; with it, the deadline of the
+** operation it bounds, and the lists of join: a task joined lists the
+** tasks waiting for its end here, and each of them is linked in that list
+** through its own block. A wait due at once (a bare yield, a wake
 ** passed on to the next turn, a timeout already up) goes to the loop's
 ** ready queue instead: libuv 1.44 runs a timer armed for 0 ms from a timer
 ** callback in the same pass, so a task yielding in a loop would run on and
@@ -47,6 +50,9 @@ struct sr_task_timer {
   uv_timer_t uv; /* first: freed as the handle, by sr__free_close_cb */
   struct sr_task_timer *next, **pprev; /* in lp->ready; pprev NULL if not */
   unsigned turn; /* the ready_turn it was queued in */
+  uint64_t deadline;    /* loop time (ms) the current operation ends at */
+  sr_task *joiners;     /* tasks waiting in join() for this one */
+  sr_task *next_joiner; /* link in the joined task's list */
 };
 
 static void sr_task_timer_cb(uv_timer_t *timer) {
@@ -89,18 +95,27 @@ void sr__task_loop_init(sr_loop *lp) {
   lp->ready_idle.data = lp;
 }
 
+/* t's timer block, allocated if it has none yet; NULL when out of
+** memory. */
+static sr_task_timer *sr_task_timer_of(sr_task *t) {
+  sr_task_timer *tt = t->timer;
+  if (tt == NULL) {
+    if ((tt = malloc(sizeof *tt)) == NULL) return NULL;
+    uv_timer_init(&t->loop->uv, &tt->uv);
+    tt->uv.data = t;
+    tt->pprev = NULL;
+    tt->joiners = tt->next_joiner = NULL;
+    t->timer = tt;
+  }
+  return tt;
+}
+
 /* Have t's wait end in ms milliseconds: from its timer, or when due at
 ** once from the ready queue, at the end of the queue. */
 static int sr_task_arm(sr_task *t, uint64_t ms) {
   sr_loop *lp = t->loop;
-  sr_task_timer *tt = t->timer;
-  if (tt == NULL) {
-    if ((tt = malloc(sizeof *tt)) == NULL) return UV_ENOMEM;
-    uv_timer_init(&lp->uv, &tt->uv);
-    tt->uv.data = t;
-    tt->pprev = NULL;
-    t->timer = tt;
-  }
+  sr_task_timer *tt = sr_task_timer_of(t);
+  if (tt == NULL) return UV_ENOMEM;
   if (ms > 0) {
     sr_ready_remove(lp, tt);
     return uv_timer_start(&tt->uv, sr_task_timer_cb, ms, 0);
@@ -218,12 +233,19 @@ int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
     ** say) is none: the wait lasts until woken. */
     double ms = timeout * 1000.0 + 0.5;
     t->has_deadline = timeout >= 0 && ms < SR_FOREVER_MS;
-    if (t->has_deadline) t->deadline = sr_clock_now(lp) + (uint64_t)ms;
+    if (t->has_deadline) {
+      if (sr_task_timer_of(t) == NULL) {
+        t->has_deadline = 0;
+        sr_task_detach(t);
+        luaL_error(L, "cannot arm a timer: %s", uv_strerror(UV_ENOMEM));
+      }
+      t->timer->deadline = sr_clock_now(lp) + (uint64_t)ms;
+    }
   }
   t->wake = 0;
-  if (t->has_deadline) {
-    uint64_t now = uv_now(&lp->uv);
-    int err = sr_task_arm(t, t->deadline > now ? t->deadline - now : 0);
+  if (t->has_deadline) { /* (so t has its timer block) */
+    uint64_t now = uv_now(&lp->uv), deadline = t->timer->deadline;
+    int err = sr_task_arm(t, deadline > now ? deadline - now : 0);
     if (err < 0) {
       sr_task_detach(t);
       luaL_error(L, "cannot arm a timer: %s", uv_strerror(err));
@@ -273,16 +295,9 @@ void sr__wake(sr_task *t, int status) { sr_task_wake(t, status, 0); }
 ** own: for a wake from where no coroutine may be resumed (a finalizer). */
 void sr__wake_later(sr_task *t, int status) { sr_task_wake(t, status, 1); }
 
-/* A handler's end: off the loop's list, and its connection closed (after
-** its own to-be-closed variables ran, as a <close> around it would). */
+/* A handler's end: its connection closed (after its own to-be-closed
+** variables ran, as a <close> around it would). */
 static void sr_task_drop_conn(sr_task *t) {
-  sr_loop *lp = t->loop;
-  if (t->prev_handler != NULL)
-    t->prev_handler->next_handler = t->next_handler;
-  else
-    lp->handlers = t->next_handler;
-  if (t->next_handler != NULL) t->next_handler->prev_handler = t->prev_handler;
-  t->prev_handler = t->next_handler = NULL;
   sr__socket_close_slot(t->conn);
   t->conn = NULL;
 }
@@ -306,13 +321,14 @@ static void sr_task_finish(sr_task *t) {
     uv_stop(&lp->uv);
   }
   if (t->conn != NULL) sr_task_drop_conn(t);
-  sr_task_close_timer(t);
-  while ((j = t->joiners) != NULL) {
-    t->joiners = j->next_joiner;
-    j->next_joiner = NULL;
+  /* (a joiner is woken with its block in place: it is on the list) */
+  while (t->timer != NULL && (j = t->timer->joiners) != NULL) {
+    t->timer->joiners = j->timer->next_joiner;
+    j->timer->next_joiner = NULL;
     j->waits_on = SR_WAIT_NONE; /* already unlinked */
     sr__wake(j, 0);
   }
+  sr_task_close_timer(t);
   if (lp->L != NULL) luaL_unref(lp->L, LUA_REGISTRYINDEX, t->ref);
   t->ref = LUA_NOREF;
 }
@@ -540,9 +556,9 @@ int sr__spawn(lua_State *L) {
 /*
 ** core.serve(handler, conn, ...): sr.listen's task for one connection,
 ** handler(conn, ...), which owns conn: it is closed when the task ends,
-** however it ends, and the task is on the loop's list of handlers
-** (core.handlers) until then. Doing this here rather than in a Lua wrapper
-** saves an idle connection a stack frame, a table and a set entry.
+** however it ends, and core.handlers lists the task until then. Doing
+** this here rather than in a Lua wrapper saves an idle connection a stack
+** frame, a table and a set entry.
 */
 static int sr_serve(lua_State *L) {
   sr_loop *lp = sr_getloop(L);
@@ -556,35 +572,49 @@ static int sr_serve(lua_State *L) {
   lua_xmove(t->co, L, 1);
   lua_setiuservalue(L, 1, SR_TASK_UV_CONN); /* the task is at 1 now */
   t->conn = conn;
-  t->next_handler = lp->handlers;
-  if (lp->handlers != NULL) lp->handlers->prev_handler = t;
-  lp->handlers = t;
   sr_task_resume(t, L, n - 1);
   return 1;
 }
 
-/* core.handlers(): the tasks core.serve started that have not ended. */
+/*
+** core.handlers(): the tasks core.serve started that have not ended, in
+** no particular order. Every task alive is in the registry (its ref) and
+** a handler's has its connection until it ends, so they are found there:
+** a list of them would cost every connection two pointers, and only
+** sr.shutdown asks.
+*/
 static int sr_handlers(lua_State *L) {
-  sr_loop *lp = sr_getloop(L);
-  sr_task *t;
   lua_Integer i = 0;
   lua_newtable(L);
-  for (t = lp->handlers; t != NULL; t = t->next_handler) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-    lua_rawseti(L, -2, ++i);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sr_task_mt_key);
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {
+    if (lua_type(L, -1) == LUA_TUSERDATA && lua_getmetatable(L, -1)) {
+      int is_task = lua_rawequal(L, -1, -4);
+      sr_task *t = lua_touserdata(L, -2);
+      lua_pop(L, 1);
+      if (is_task && t->conn != NULL) {
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, -5, ++i);
+      }
+    }
+    lua_pop(L, 1);
   }
+  lua_pop(L, 1);
   return 1;
 }
 
+/* Off the list of the task t waits to join (both have their blocks:
+** sr_task_join_k). */
 static void sr_join_detach(sr_task *t) {
   sr_task *target = t->wait_on, **p;
-  for (p = &target->joiners; *p != NULL; p = &(*p)->next_joiner) {
+  for (p = &target->timer->joiners; *p != NULL; p = &(*p)->timer->next_joiner) {
     if (*p == t) {
-      *p = t->next_joiner;
+      *p = t->timer->next_joiner;
       break;
     }
   }
-  t->next_joiner = NULL;
+  t->timer->next_joiner = NULL;
 }
 
 static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
@@ -627,8 +657,10 @@ static int sr_task_join_k(lua_State *L, int status, lua_KContext ctx) {
     self = sr__self(L, lp);
     if (!fresh && sr__timedout(lp)) return sr__fail(L, UV_ETIMEDOUT);
     if (self == target) luaL_error(L, "a task cannot join itself");
-    self->next_joiner = target->joiners;
-    target->joiners = self;
+    if (sr_task_timer_of(self) == NULL || sr_task_timer_of(target) == NULL)
+      return sr__fail(L, UV_ENOMEM);
+    self->timer->next_joiner = target->timer->joiners;
+    target->timer->joiners = self;
     self->wait_on = target;
     self->waits_on = SR_WAIT_JOIN;
     sr__wait(L, self, timeout, fresh, ctx, sr_task_join_k);

@@ -108,7 +108,7 @@ static void do_read(sr_socket *s, sr_fmt fmt, size_t count, int keep) {
     const char *code = lua_tostring(L, -1);
     CHECK(used == 0 && code != NULL);
     if (strcmp(code, "ENOBUFS") == 0)
-      CHECK(fmt == SR_READ_LINE && s->len >= s->maxline);
+      CHECK(fmt == SR_READ_LINE && s->len >= sr_socket_maxline(s));
     else
       CHECK(strcmp(code, "EOF") == 0 && s->eof && s->len == 0);
   } else {
@@ -123,6 +123,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   sr_socket s;
+  sr_socket_extra x = {NULL, NULL, 64, {0, 0, 0}}; /* a small line bound */
   size_t i = 0;
   if (L == NULL) {
     L = luaL_newstate();
@@ -130,7 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lua_pushcclosure(L, try_read, 1 + sr__stream_push_read_upvalues(L));
   }
   memset(&s, 0, sizeof s);
-  s.maxline = 64; /* small, so the limit is reached */
+  s.extra = &x; /* so that the limit is reached */
   appended = taken = 0;
   while (i < size) {
     uint8_t op = data[i++];
