@@ -328,13 +328,14 @@ b, fb = client()
 b.sendall((b"x" * 99 + b"\n") * 80000)  # 8 MB for a: more than it can hold
 c, fc = client()
 c.sendall(b"from c\n")
-ok = False
-for _ in range(10):
+ok = left = False
+for _ in range(10):                 # until c's line, and a's leaving
     l = fb.readline().decode()
-    if l.endswith(": from c\n"):
-        ok = True
+    ok = ok or l.endswith(": from c\n")
+    left = left or l.endswith(" left\n")
+    if ok and left:
         break
-print("B got C", ok)
+print("B got C", ok, "and A left", left)
 a.settimeout(20)                    # a was dropped: its connection ends
 while a.recv(1 << 16):
     pass
@@ -343,7 +344,7 @@ print(e.makefile("rb").readline().decode().endswith("(3 here)\n"))
 for s in (a, b, c, e):
     s.close()
 ]], srv.port)
-    assert.equal("B got C True\nTrue\n", out)
+    assert.equal("B got C True and A left True\nTrue\n", out)
     assert.equal(0, code)
     stop(srv)
     assert.is_nil(srv.stderr:find("busy", 1, true), srv.stderr)

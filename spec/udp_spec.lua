@@ -373,9 +373,8 @@ describe("connected UDP", function()
     H.assert_closed(a:read())
   end)
 
-  it("reports a refused port on read or write", function()
-    local a = udp()
-    assert(a:connect("127.0.0.1", H.free_port("udp")))
+  -- a, connected to a port nobody has, is told so by a write or a read
+  local function assert_refused(a)
     a:settimeout(0.2)
     local ok, msg, code
     for _ = 1, 5 do
@@ -384,7 +383,35 @@ describe("connected UDP", function()
       if not ok and code ~= "ETIMEDOUT" then break end
     end
     H.assert_fail("ECONNREFUSED", ok, msg, code)
+  end
+
+  it("reports a refused port on read or write", function()
+    local a = udp()
+    assert(a:connect("127.0.0.1", H.free_port("udp")))
+    assert_refused(a)
     a:close()
+  end)
+
+  it("reads what a peer sends after a refused port was reported", function()
+    local port = H.free_port("udp")
+    local a = udp()
+    H.defer(function() a:close() end)
+    assert(a:connect("127.0.0.1", port))
+    assert_refused(a)
+    -- the port has someone now: what it sends still wakes the reader (the
+    -- error stopped libuv's watch on the descriptor, which must restart)
+    local b = assert(sr.udp("127.0.0.1", port))
+    H.defer(function() b:close() end)
+    assert(b:connect("127.0.0.1", select(2, a:getsockname())))
+    a:settimeout(2)
+    H.in_task(function()
+      local got = {}
+      local reader = sr.spawn(function() got[1], got[2] = a:read() end)
+      sr.sleep(0.05) -- a waits in read first
+      assert(b:write("here"))
+      reader:join()
+      assert.same({ "here" }, got)
+    end)
   end)
 
   it("works inside a task", H.on_two(udp6, function(a, aport, b, bport)

@@ -11,16 +11,12 @@
 
 #include "internal.h"
 
-int sr__dgram_init(sr_socket *s, sr_loop *lp, int family) {
-  int err, fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -errno;
-  err = uv_poll_init_socket(&lp->uv, &s->h.poll, fd);
-  if (err < 0) {
-    close(fd);
-    return err;
-  }
-  s->fd = fd;
-  return 0;
+int sr__dgram_init(sr_socket *s, int family) {
+  int err;
+  s->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s->fd < 0) return -errno;
+  if ((err = sr__socket_handle(s)) < 0) close(s->fd);
+  return err;
 }
 
 static void sr_dgram_poll_cb(uv_poll_t *h, int status, int events);
@@ -38,6 +34,7 @@ static void sr_dgram_update(sr_socket *s) {
 
 static void sr_dgram_poll_cb(uv_poll_t *h, int status, int events) {
   sr_socket *s = h->data;
+  if (status < 0) s->poll_events = 0; /* libuv stopped watching: an error */
   if (status < 0 || (events & UV_READABLE)) sr__socket_wake(&s->reader, 0);
   if (status < 0 || (events & UV_WRITABLE)) sr__socket_wake(&s->writer, 0);
   sr_dgram_update(s);

@@ -57,6 +57,7 @@ typedef struct sr_dns_req sr_dns_req;
 typedef struct sr_socket sr_socket;
 typedef struct sr_linger sr_linger;
 typedef struct sr_socket_extra sr_socket_extra;
+typedef struct sr_out sr_out;
 
 /*
 ** A task is a coroutine scheduled by sockrun. It waits on one thing at a
@@ -119,6 +120,8 @@ struct sr_loop {
   int dry;              /* the last sr.run ended for want of work */
   int stop_with_main;   /* a stop ended its sr.run: stop when it ends */
   sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
+  sr_socket *unpolled; /* closed ones that never had a handle, to free */
+  uv_check_t reap;     /* which it does, after the poll */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
   int nspare;
@@ -126,7 +129,6 @@ struct sr_loop {
   int depth;         /* tasks being resumed, one inside the other */
   int cancelling;    /* cancels running, one inside the other */
   int stopped;       /* sr.stop() was called */
-  int mask_sigpipe;  /* SIGPIPE is at its default: block it in uv_run */
   int onerror_ref;   /* sr.onerror hook, or LUA_NOREF */
   void *signals[65]; /* sr.signal handlers by signal number */
   int nsockets;      /* socket structs not yet freed */
@@ -143,45 +145,48 @@ typedef enum { SR_TCP, SR_PIPE, SR_DGRAM, SR_TTY } sr_kind;
 ** script closes the socket (so a closed socket answers EBADF) while libuv
 ** may still need the struct until the close callback. The handle comes
 ** last and the struct is allocated only as large as its kind's handle
-** (sr__socket_size): a TCP connection does not pay for a tty. An idle
+** (sr_socket_size): sockets are their own descriptors, which sockrun reads
+** and writes itself when a uv_poll_t says they are ready (stream.c,
+** dgram.c), and only standard input (tty.c) is a libuv stream. An idle
 ** connection costs this struct, so the fields are sized to what they
 ** hold: libuv error codes fit 16 bits, buffer offsets 32 (a socket never
-** holds 4 GiB unread); what few sockets set (timeouts, a line bound, a
-** bound path, a linger) is in a block of its own, made on first use; and
-** the loop is the handle's. Then a TCP connection is 96 + 248 bytes, 352
-** with malloc's header: a size class below 384.
+** holds 4 GiB unread); and what few sockets need (timeouts, a line bound,
+** a bound path, a linger, writes waiting for the kernel) is in a block of
+** its own, made on first use. Then a TCP connection is 104 + 160 bytes,
+** 272 with malloc's header.
 */
 #define SR_NO_TIMEOUT UINT32_MAX /* in timeout_ms: none */
 #define SR_BUF_MAX UINT32_MAX    /* bound on unread and gathered bytes */
 
 struct sr_socket {
+  sr_loop *loop;
   sr_task *reader;       /* the task waiting to read/accept/recv */
   sr_task *writer;       /* the task waiting to write/connect/send */
   /* Unread bytes: buf[off .. off+len). NULL while nothing is unread. */
   char *buf;
   char *wbuf;            /* gathered bytes, not yet given to the kernel */
   sr_socket_extra *extra; /* or NULL: see sr_socket_extra */
-  sr_socket *next_dirty; /* link in the loop's list of such sockets */
+  sr_socket *next_dirty; /* link in the loop's list of such sockets, or of
+                         ** closed ones to free (sr__socket_close_cb) */
   uint32_t off, len, cap;
   uint32_t scanned;      /* bytes from off known to hold no '\n' */
   uint32_t wlen, wcap;
-  int fd;                 /* the descriptor (datagram: owned by us) */
-  int nwrites;            /* queued write requests */
+  int fd;                 /* the descriptor, ours (stdin: libuv's) */
+  int nwrites;            /* write requests waiting for the kernel */
   int16_t rerr;           /* sticky read error (UV_E*), reported after data */
   int16_t werr;           /* sticky write error from a queued write */
-  int16_t accept_status;  /* > 0: a connection is pending; < 0: an error */
   int16_t cresult;        /* the result of a connect that is done */
   uint8_t kind;           /* an sr_kind */
   uint8_t family;         /* AF_INET, AF_INET6, AF_UNIX */
   uint8_t connect_status; /* 0 idle, 1 connecting, 2 done: see cresult */
-  uint8_t poll_events;    /* datagram: events uv_poll watches */
+  uint8_t poll_events;    /* the events uv_poll watches */
   unsigned closed : 1;    /* close() called: no more Lua operations */
   unsigned closing : 1;   /* uv_close() called */
   unsigned listening : 1;
   unsigned connected : 1;
-  unsigned reading : 1;   /* uv_read_start active */
+  unsigned reading : 1;   /* reading in the background (or draining) */
   unsigned eof : 1;
-  unsigned shut : 1;      /* shutdown() issued */
+  unsigned shut : 1;      /* shutdown() asked for */
   unsigned nbio_ref : 1;  /* handle currently uv_ref'd */
   unsigned borrowed : 1;  /* buf is the loop's read buffer, lent */
   unsigned dirty : 1;     /* on the loop's dirty list */
@@ -190,20 +195,19 @@ struct sr_socket {
   unsigned abortive : 1;  /* linger 0: close resets, lingers for nothing */
   unsigned unread_only : 1; /* lingering for bytes unread alone (socket.c) */
   unsigned read_now : 1;  /* accepted, not read yet (sr_stream_read_now) */
+  unsigned polled : 1;    /* the handle is initialised (stream.c) */
   union {                 /* last: see above */
     uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
+    uv_poll_t poll;       /* sockets */
+    uv_stream_t stream;   /* standard input: */
     uv_pipe_t pipe;
-    uv_tty_t tty;         /* the REPL's standard input */
-    uv_poll_t poll;       /* datagram sockets: the descriptor is ours */
+    uv_tty_t tty;
   } h;
 };
 
 enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };
 
-/* The loop a socket is in: its handle's (uv comes first in sr_loop). */
-#define sr_socket_loop(s) ((sr_loop *)(s)->h.handle.loop)
+#define sr_socket_loop(s) ((s)->loop)
 
 /* A socket's rarely set state, allocated when first set (socket.c);
 ** without it, the defaults below hold. Freed with the socket. */
@@ -212,6 +216,8 @@ struct sr_socket_extra {
   sr_linger *linger;     /* bounds the flush of a closed socket */
   uint32_t maxline;      /* SR_DEFAULT_MAXLINE */
   uint32_t timeout_ms[3]; /* connect, read, write; or SR_NO_TIMEOUT (all) */
+  sr_out *out, **out_tail; /* writes waiting for the kernel (stream.c) */
+  size_t out_bytes;        /* their bytes not sent yet */
 };
 sr_socket_extra *sr__socket_extra(sr_socket *s);
 #define sr_socket_maxline(s) \
@@ -256,8 +262,6 @@ double sr__opt_seconds(lua_State *L, int arg);
 int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode);
 void sr__loop_flush(sr_loop *lp);
 int sr__in_finalizer(lua_State *L);
-void sr__sigpipe_block(sr_loop *lp, sigset_t *saved);
-void sr__sigpipe_restore(sr_loop *lp, const sigset_t *saved);
 __attribute__((visibility("default"))) int luaopen_sockrun_core(lua_State *L);
 
 /* task.c */
@@ -288,6 +292,9 @@ void sr__socket_finish_close(sr_socket *s);
 void sr__socket_linger_quiet(sr_socket *s);
 void sr__socket_linger_stop(sr_socket *s);
 void sr__socket_close_cb(uv_handle_t *h);
+int sr__socket_handle(sr_socket *s);
+void sr__socket_reap(sr_loop *lp);
+void sr__socket_loop_init(sr_loop *lp);
 
 /* stream.c; the buffer and framing functions are also what the fuzz
 ** target (spec/fuzz/framing.c) drives */
@@ -306,6 +313,8 @@ int sr__stream_push_read_upvalues(lua_State *L);
 int sr__stream_try_read(lua_State *L, sr_socket *s, sr_fmt fmt, size_t count,
                         int keep);
 void sr__stream_start(sr_socket *s);
+int sr__stream_watch(sr_socket *s);
+void sr__stream_free_queue(sr_socket *s);
 void sr__stream_reclaim(sr_loop *lp);
 void sr__stream_release(sr_socket *s);
 int sr__stream_unread(sr_socket *s);
@@ -316,7 +325,7 @@ int sr__stream_flush(sr_socket *s);
 int sr__stream_shutdown(lua_State *L);
 
 /* dgram.c */
-int sr__dgram_init(sr_socket *s, sr_loop *lp, int family);
+int sr__dgram_init(sr_socket *s, int family);
 int sr__dgram_sendto(lua_State *L);
 int sr__dgram_recvfrom(lua_State *L);
 int sr__dgram_read(lua_State *L);

@@ -1,13 +1,11 @@
 /*
 ** loop.c -- the libuv loop behind the module: running it (sr.run, sr.step,
 ** sr.stop), exposing it to a host's own main loop (sr.backend_fd,
-** sr.backend_timeout), keeping SIGPIPE away from a host that did not ask
-** for it, and tearing it down when the Lua state closes.
+** sr.backend_timeout), and tearing it down when the Lua state closes.
 */
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -15,45 +13,14 @@
 
 #include "internal.h"
 
-/*
-** A write to a peer that went away raises SIGPIPE, whose default action
-** kills the process. The binary ignores SIGPIPE; a host application keeps
-** its own disposition, so when it is the default we block the signal
-** around our writes and swallow one we caused.
-*/
-void sr__sigpipe_block(sr_loop *lp, sigset_t *saved) {
-  sigset_t set;
-  if (!lp->mask_sigpipe) return;
-  sigemptyset(&set);
-  sigaddset(&set, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &set, saved);
-}
-
-void sr__sigpipe_restore(sr_loop *lp, const sigset_t *saved) {
-  sigset_t pending, set;
-  if (!lp->mask_sigpipe) return;
-  if (sigismember(saved, SIGPIPE)) return; /* the host blocks it itself */
-  sigpending(&pending);
-  if (sigismember(&pending, SIGPIPE)) {
-    struct timespec zero = {0, 0};
-    sigemptyset(&set);
-    sigaddset(&set, SIGPIPE);
-    sigtimedwait(&set, NULL, &zero);
-  }
-  pthread_sigmask(SIG_SETMASK, saved, NULL);
-}
-
 /* Every uv_run goes through here: the depth count is how sr__self knows
 ** that a blocking call must not drive the loop again. */
 int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode) {
-  sigset_t saved;
   int alive;
   (void)L;
-  sr__sigpipe_block(lp, &saved);
   lp->running++;
   alive = uv_run(&lp->uv, mode);
   lp->running--;
-  sr__sigpipe_restore(lp, &saved);
   return alive;
 }
 
@@ -192,8 +159,7 @@ static int sr_counts(lua_State *L) {
 ** that no later callback of theirs finds a timer the walk already closed;
 ** then everything else (pass 2). */
 static int sr_is_socket(uv_handle_t *h) {
-  return h->type == UV_TCP || h->type == UV_NAMED_PIPE || h->type == UV_TTY ||
-         h->type == UV_POLL;
+  return h->type == UV_NAMED_PIPE || h->type == UV_TTY || h->type == UV_POLL;
 }
 
 static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
@@ -209,9 +175,11 @@ static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
     if (h->type == UV_POLL) close(s->fd);
   } else if (pass == 2) {
     /* task timers and signal watchers: malloc'd, handle first; the ready
-    ** queue's idle handle is part of the loop */
+    ** queue's idle handle and the reaper's check are part of the loop */
     sr_loop *lp = h->loop->data;
-    uv_close(h, h == (uv_handle_t *)&lp->ready_idle ? NULL : sr__free_close_cb);
+    int own = h == (uv_handle_t *)&lp->ready_idle ||
+              h == (uv_handle_t *)&lp->reap;
+    uv_close(h, own ? NULL : sr__free_close_cb);
   }
 }
 
@@ -233,6 +201,7 @@ static int sr_loop_gc(lua_State *L) {
   uv_walk(&lp->uv, sr_teardown_walk_cb, &pass);
   pass = 2;
   uv_walk(&lp->uv, sr_teardown_walk_cb, &pass);
+  sr__socket_reap(lp); /* closed connections that had no handle */
   /* The first run may only clear a stop flag left by sr.stop(); a few more
   ** let close callbacks and thread-pool lookups finish. (Every handle is
   ** ours and closed above, so the loop does close.) */
@@ -273,7 +242,6 @@ static void sr_keep_stdio_taken(void) {
 /* The loop of this Lua state: made once, kept in the registry. */
 static sr_loop *sr_loop_get(lua_State *L) {
   sr_loop *lp;
-  struct sigaction sa;
   if (lua_getfield(L, LUA_REGISTRYINDEX, "sockrun.loop") == LUA_TUSERDATA) {
     lp = lua_touserdata(L, -1);
     lua_pop(L, 1);
@@ -287,6 +255,7 @@ static sr_loop *sr_loop_get(lua_State *L) {
     luaL_error(L, "cannot initialise the event loop");
   lp->uv.data = lp;
   sr__task_loop_init(lp);
+  sr__socket_loop_init(lp);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   lp->L = lua_tothread(L, -1);
   lua_pop(L, 1);
@@ -294,8 +263,6 @@ static sr_loop *sr_loop_get(lua_State *L) {
   lp->main.loop = lp;
   lp->main.ref = LUA_NOREF;
   lp->main.state = SR_TASK_RUNNING;
-  sigaction(SIGPIPE, NULL, &sa);
-  lp->mask_sigpipe = sa.sa_handler == SIG_DFL;
   lua_createtable(L, 0, 1); /* a __gc from here on: the loop is made */
   lua_pushcfunction(L, sr_loop_gc);
   lua_setfield(L, -2, "__gc");

@@ -1,8 +1,11 @@
 /*
-** socket.c -- the socket object: creation over libuv handles, lifetime
-** (close, __gc, __close), waiting on a socket, options, bind, listen,
-** accept, connect, addresses, timeouts and tostring.
+** socket.c -- the socket object: creation over its own descriptor and a
+** libuv poll handle, lifetime (close, __gc, __close), waiting on a socket,
+** options, bind, listen, accept, connect, addresses, timeouts and
+** tostring.
 */
+
+#define _GNU_SOURCE /* accept4 */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,17 +26,55 @@
 ** the userdata is collected). Closing sets that pointer to NULL first, so
 ** every later call on the object sees a closed socket (EBADF).
 */
-void sr__socket_close_cb(uv_handle_t *h) {
-  sr_socket *s = h->data;
-  sr_socket_loop(s)->nsockets--;
+static void sr_socket_free(sr_socket *s) {
+  s->loop->nsockets--;
   /* the loop's read buffer may still be lent to it (stream.c): a released
   ** socket has nothing there to reclaim, and its memory goes now */
-  if (sr_socket_loop(s)->lent == s) sr_socket_loop(s)->lent = NULL;
+  if (s->loop->lent == s) s->loop->lent = NULL;
   if (!s->borrowed) free(s->buf);
   free(s->wbuf);
+  sr__stream_free_queue(s); /* (at teardown: what a linger had left) */
   if (s->extra != NULL) free(s->extra->path);
   free(s->extra);
   free(s);
+}
+
+void sr__socket_close_cb(uv_handle_t *h) { sr_socket_free(h->data); }
+
+/*
+** A connection that never had a handle (sr__socket_handle) has no close
+** callback: it is freed after the loop's next poll, when no call that had
+** it in hand is still running, or at teardown.
+*/
+void sr__socket_reap(sr_loop *lp) {
+  sr_socket *s;
+  while ((s = lp->unpolled) != NULL) {
+    lp->unpolled = s->next_dirty;
+    sr_socket_free(s);
+  }
+  uv_check_stop(&lp->reap);
+}
+
+static void sr_socket_reap_cb(uv_check_t *c) { sr__socket_reap(c->data); }
+
+void sr__socket_loop_init(sr_loop *lp) {
+  lp->unpolled = NULL;
+  uv_check_init(&lp->uv, &lp->reap);
+  lp->reap.data = lp;
+  uv_unref((uv_handle_t *)&lp->reap);
+}
+
+/* The handle of a socket on its own descriptor (all but standard input),
+** which is made now, or by stream.c when first watched. */
+int sr__socket_handle(sr_socket *s) {
+  int err;
+  if (s->polled) return 0;
+  if ((err = uv_poll_init_socket(&s->loop->uv, &s->h.poll, s->fd)) < 0)
+    return err;
+  s->h.handle.data = s;
+  s->polled = 1;
+  uv_unref(&s->h.handle); /* see sr__socket_update_ref */
+  return 0;
 }
 
 /* s's rarely set state, made with the defaults on first use; NULL when
@@ -45,6 +86,9 @@ sr_socket_extra *sr__socket_extra(sr_socket *s) {
     x->linger = NULL;
     x->maxline = SR_DEFAULT_MAXLINE;
     x->timeout_ms[0] = x->timeout_ms[1] = x->timeout_ms[2] = SR_NO_TIMEOUT;
+    x->out = NULL;
+    x->out_tail = &x->out;
+    x->out_bytes = 0;
     s->extra = x;
   }
   return x;
@@ -64,6 +108,7 @@ void sr__socket_update_ref(sr_socket *s) {
       !s->closing && (s->reader != NULL || s->writer != NULL ||
                       s->nwrites > 0 || (s->flushing && !s->unread_only));
   if (want == (int)s->nbio_ref) return;
+  if (!s->polled && (!want || sr__socket_handle(s) < 0)) return;
   if (want)
     uv_ref(&s->h.handle);
   else
@@ -84,14 +129,20 @@ static void sr_socket_uv_close(sr_socket *s) {
   if (s->extra != NULL && s->extra->path != NULL &&
       (s->listening || s->kind == SR_DGRAM))
     unlink(s->extra->path);
-  if (s->kind == SR_DGRAM) {
-    uv_poll_stop(&s->h.poll);
+  if (s->kind == SR_TTY) {
+    sr__tty_release(s);
     uv_close(&s->h.handle, sr__socket_close_cb);
-    close(s->fd); /* uv_poll does not own the descriptor */
     return;
   }
-  if (s->kind == SR_TTY) sr__tty_release(s);
-  uv_close(&s->h.handle, sr__socket_close_cb);
+  if (s->polled) {
+    uv_close(&s->h.handle, sr__socket_close_cb); /* which stops the poll */
+  } else {
+    sr_loop *lp = s->loop;
+    s->next_dirty = lp->unpolled; /* (a released socket is not dirty) */
+    lp->unpolled = s;
+    uv_check_start(&lp->reap, sr_socket_reap_cb);
+  }
+  close(s->fd); /* uv_poll does not own the descriptor */
 }
 
 /* Drop the linger timer of a closed socket, if it has one (loop.c too). */
@@ -246,6 +297,7 @@ static int sr_socket_wait_for(lua_State *L, sr_socket *s, sr_task **slot,
   *slot = t;
   t->wait_on = s;
   t->waits_on = SR_WAIT_SOCKET;
+  if (s->listening) sr__stream_watch(s); /* readable, for this accept */
   sr__socket_update_ref(s);
   return sr__wait(L, t, timeout, fresh, ctx, k);
 }
@@ -264,58 +316,54 @@ void sr__socket_wake(sr_task **slot, int status) {
 /* Bytes to allocate for a socket of this kind: the struct up to its
 ** handle, and that handle. */
 static size_t sr_socket_size(sr_kind kind) {
-  size_t h;
-  switch (kind) {
-    case SR_TCP: h = sizeof(uv_tcp_t); break;
-    case SR_PIPE: h = sizeof(uv_pipe_t); break;
-    case SR_DGRAM: h = sizeof(uv_poll_t); break;
-    default: h = sizeof(((sr_socket *)0)->h); break; /* tty or pipe */
-  }
+  size_t h = kind == SR_TTY ? sizeof(((sr_socket *)0)->h) : sizeof(uv_poll_t);
   return offsetof(sr_socket, h) + h;
 }
 
-/*
-** New socket object at the top of the stack. The userdata is pushed, with
-** its metatable and a NULL pointer (a valid closed socket), before anything
-** can fail, as liolib's newprefile does. With fd < -1 no descriptor is
-** made (accept fills the handle); -1 makes a fresh one.
-*/
-static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
-                                 int family, int make_fd, int *errp) {
+/* A new socket object (closed, so valid) at the top of the stack, with its
+** metatable, before anything can fail, as liolib's newprefile does; the
+** slot for its struct. */
+static sr_socket **sr_socket_push_box(lua_State *L) {
   sr_socket_box *b = lua_newuserdatauv(L, sizeof *b, 0);
-  sr_socket **ud = &b->s;
-  sr_socket *s;
-  int err = 0, inited = 0; /* inited: handle registered, even if err */
   b->tag = sr_socket_tag;
-  *ud = NULL;
+  b->s = NULL;
   /* the metatable by its address key: by name costs a string lookup */
   lua_rawgetp(L, LUA_REGISTRYINDEX, sr_socket_tag);
   lua_setmetatable(L, -2);
-  s = calloc(1, sr_socket_size(kind));
+  return &b->s;
+}
+
+/*
+** The struct of a new socket of that kind over descriptor fd, which it
+** then owns (closing it if this fails), or over a fresh one (fd -1); NULL
+** with *errp set on failure. A connection just accepted gets its handle
+** later (sr__socket_handle): it may be answered and closed without one.
+*/
+static sr_socket *sr_socket_make(sr_loop *lp, sr_kind kind, int family,
+                                 int fd, int *errp) {
+  sr_socket *s = calloc(1, sr_socket_size(kind));
+  int err = 0, inited = 0; /* inited: a tty handle registered, even if err */
+  int accepted = fd >= 0;
   if (s == NULL) {
+    if (accepted) close(fd);
     *errp = UV_ENOMEM;
     return NULL;
   }
+  s->loop = lp;
   s->kind = kind;
   s->family = family;
-  s->fd = -1;
+  s->fd = fd;
   switch (kind) {
     case SR_TCP:
-      err = uv_tcp_init_ex(&lp->uv, &s->h.tcp,
-                           make_fd ? (unsigned)family : AF_UNSPEC);
-      break;
     case SR_PIPE:
-      err = uv_pipe_init(&lp->uv, &s->h.pipe, 0);
-      if (err == 0 && make_fd) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        inited = 1;
-        if (fd < 0)
-          err = -errno;
-        else if ((err = uv_pipe_open(&s->h.pipe, fd)) < 0)
-          close(fd);
-      }
+      if (!accepted &&
+          (s->fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                          0)) < 0)
+        err = -errno;
+      else if (!accepted && (err = sr__socket_handle(s)) < 0)
+        close(s->fd);
       break;
-    case SR_DGRAM: err = sr__dgram_init(s, lp, family); break;
+    case SR_DGRAM: err = sr__dgram_init(s, family); break;
     case SR_TTY: err = sr__tty_init(s, lp, &inited); break;
   }
   if (err < 0 && inited) {
@@ -333,12 +381,21 @@ static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
     *errp = err;
     return NULL;
   }
-  s->h.handle.data = s;
+  if (kind == SR_TTY) {
+    s->h.handle.data = s;
+    s->polled = 1;
+    uv_unref(&s->h.handle); /* see sr__socket_update_ref */
+  }
   lp->nsockets++;
-  if (make_fd && kind != SR_DGRAM) uv_fileno(&s->h.handle, &s->fd);
-  uv_unref(&s->h.handle); /* see sr__socket_update_ref */
-  *ud = s;
   return s;
+}
+
+/* New socket object at the top of the stack, and its struct; NULL (the
+** object closed) with *errp set on failure. */
+static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
+                                 int family, int *errp) {
+  sr_socket **slot = sr_socket_push_box(L);
+  return *slot = sr_socket_make(lp, kind, family, -1, errp);
 }
 
 static int sr_socket_new(lua_State *L) {
@@ -364,14 +421,14 @@ static int sr_socket_new(lua_State *L) {
                      type == SOCK_DGRAM  ? SR_DGRAM
                      : family == AF_UNIX ? SR_PIPE
                                          : SR_TCP,
-                     family, 1, &err) == NULL)
+                     family, &err) == NULL)
     return sr__fail(L, err);
   return 1;
 }
 
 sr_socket *sr__new_socket(lua_State *L, sr_loop *lp, sr_kind kind, int family) {
   int err = 0;
-  return sr_socket_push(L, lp, kind, family, 0, &err);
+  return sr_socket_push(L, lp, kind, family, &err);
 }
 
 /* close(), __gc and __close: one idempotent function (liolib's f_gc). */
@@ -613,15 +670,9 @@ static int sr_socket_bind(lua_State *L) {
   return 1;
 }
 
-static void sr_socket_connection_cb(uv_stream_t *server, int status) {
-  sr_socket *s = server->data;
-  s->accept_status = status < 0 ? status : 1;
-  sr__socket_wake(&s->reader, 0);
-}
-
 static int sr_socket_listen(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
-  int backlog, err;
+  int backlog;
   if (s == NULL) return 3;
   {
     lua_Integer n = luaL_optinteger(L, 2, INT_MAX);
@@ -629,50 +680,40 @@ static int sr_socket_listen(lua_State *L) {
     backlog = n < INT_MAX ? (int)n : INT_MAX; /* the kernel caps: somaxconn */
   }
   if (s->kind == SR_DGRAM) return sr__fail(L, UV_ENOTSUP);
-  err = uv_listen(&s->h.stream, backlog, sr_socket_connection_cb);
-  if (err < 0) return sr__fail(L, err);
+  if (listen(s->fd, backlog) < 0) return sr__fail(L, -errno);
   s->listening = 1;
   lua_pushboolean(L, 1);
   return 1;
 }
 
+/* accept4(2) as soon as a connection is pending: the new socket and the
+** peer's address. The socket object is made first, since making it may
+** raise, and an accepted descriptor must not be lost then. */
 static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
   int fresh = (status == LUA_OK);
   for (;;) {
-    sr_socket *s = sr__check_socket(L, 1), *c;
+    sr_socket *s = sr__check_socket(L, 1), **slot;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int fd, err = 0;
     if (s == NULL) return 3;
     if (!s->listening) return sr__fail(L, UV_EINVAL);
-    if (s->accept_status < 0) {
-      int err = s->accept_status;
-      s->accept_status = 0;
-      return sr__fail(L, err);
-    }
-    if (s->accept_status > 0) {
-      struct sockaddr_storage ss;
-      int err, len = sizeof ss;
-      /* Out of memory, the connection stays pending for the next accept:
-      ** libuv takes no more connections until this one is accepted. */
-      c = sr__new_socket(L, sr_socket_loop(s), s->kind, s->family);
-      if (c == NULL) return sr__fail(L, UV_ENOMEM);
-      s->accept_status = 0;
-      err = uv_accept(&s->h.stream, &c->h.stream);
-      if (err < 0) {
-        *sr__socket_slot(L, -1) = NULL;
-        c->closed = 1;
-        sr_socket_uv_close(c);
-        return sr__fail(L, err);
-      }
-      uv_fileno(&c->h.handle, &c->fd);
+    slot = sr_socket_push_box(L);
+    do
+      fd = accept4(s->fd, (struct sockaddr *)&ss, &len,
+                   SOCK_NONBLOCK | SOCK_CLOEXEC);
+    while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
+    if (fd >= 0) {
+      sr_socket *c = sr_socket_make(s->loop, s->kind, s->family, fd, &err);
+      if (c == NULL) return sr__fail(L, err);
+      *slot = c;
       c->connected = 1;
       c->read_now = 1;
-      if (getpeername(c->fd, (struct sockaddr *)&ss, (socklen_t *)&len) < 0) {
-        lua_pushnil(L);
-        return 2;
-      }
-      return 1 + sr__push_addr(L, (struct sockaddr *)&ss, (socklen_t)len);
+      return 1 + sr__push_addr(L, (struct sockaddr *)&ss, len);
     }
-    if (!fresh && sr__timedout(sr_socket_loop(s)))
-      return sr__fail(L, UV_ETIMEDOUT);
+    lua_pop(L, 1);
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return sr__fail(L, -errno);
+    if (!fresh && sr__timedout(s->loop)) return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_socket_accept_k);
     fresh = 0;
   }
@@ -680,14 +721,6 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int sr_socket_accept(lua_State *L) {
   return sr_socket_accept_k(L, LUA_OK, 0);
-}
-
-static void sr_socket_connect_cb(uv_connect_t *req, int status) {
-  sr_socket *s = req->handle->data;
-  free(req); /* made by connect: only a connecting socket pays for one */
-  s->connect_status = 2;
-  s->cresult = status;
-  sr__socket_wake(&s->writer, 0);
 }
 
 static int sr_socket_connect_k(lua_State *L, int status, lua_KContext ctx) {
@@ -753,7 +786,6 @@ static int sr_socket_connect(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
   struct sockaddr_storage ss;
   socklen_t len;
-  uv_connect_t *req;
   int err;
   if (s == NULL) return 3;
   len = sr_check_sockaddr(L, s, 2, &ss);
@@ -775,14 +807,17 @@ static int sr_socket_connect(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if ((req = malloc(sizeof *req)) == NULL) return sr__fail(L, UV_ENOMEM);
-  err = uv_tcp_connect(req, &s->h.tcp, (struct sockaddr *)&ss,
-                       sr_socket_connect_cb);
-  if (err < 0) {
-    free(req);
+  if (connect(s->fd, (struct sockaddr *)&ss, len) == 0) {
+    s->connected = 1;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (errno != EINPROGRESS) return sr__fail(L, -errno);
+  s->connect_status = 1; /* stream.c watches it, and ends it */
+  if ((err = sr__stream_watch(s)) < 0) {
+    s->connect_status = 0;
     return sr__fail(L, err);
   }
-  s->connect_status = 1;
   return sr_socket_connect_k(L, LUA_OK, 0);
 }
 

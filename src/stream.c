@@ -1,11 +1,16 @@
 /*
-** stream.c -- reading and writing stream sockets (TCP, unix stream).
+** stream.c -- reading and writing stream sockets (TCP, unix stream), and
+** standard input. A socket is its own non-blocking descriptor, which a
+** uv_poll_t watches (a libuv stream would cost each idle connection 88
+** bytes more); standard input is a libuv stream (tty.c), read only.
 ** Reads land in one loop-wide buffer, then in a per-socket buffer that
-** exists only while unread bytes wait; framing scans it in C. Writes try
-** uv_try_write first and queue only the rest, anchoring the Lua strings;
-** small writes from tasks are gathered and leave in one write per socket
-** when the task gives control back to the loop.
+** exists only while unread bytes wait; framing scans it in C. Writes go
+** to the kernel at once and queue only the rest, anchoring the Lua
+** strings; small writes from tasks are gathered and leave in one write
+** per socket when the task gives control back to the loop.
 */
+
+#define _GNU_SOURCE /* IOV_MAX */
 
 #include <ctype.h>
 #include <errno.h>
@@ -17,15 +22,49 @@
 
 #include "internal.h"
 
-typedef struct {
-  uv_write_t req;
+/* Writes waiting for the kernel are sent this many buffers a sendmsg. */
+#define SR_IOV_QUEUED 64
+
+/* A write waiting for the kernel: bufs[first..nbufs) are still to go
+** (uv_buf_t is laid out as struct iovec). */
+struct sr_out {
+  sr_out *next;
   int anchor;  /* registry ref to the string(s) being written, or */
   char *owned; /* gathered bytes this request owns (freed when done) */
-} sr_write_req;
+  unsigned first, nbufs;
+  uv_buf_t bufs[1];
+};
+
+/* ---------------------------------------------------------------------- */
+/* Watching the descriptor                                                */
+
+static void sr_stream_poll_cb(uv_poll_t *h, int status, int events);
+
+/*
+** Watch for what s needs: readable while reading (draining, for a closed
+** socket), or while a task waits to accept; writable while connecting, or
+** while writes wait for the kernel. Every change costs libuv an epoll_ctl
+** or two, and it changes only as those do. Returns 0 or a UV_E* error.
+*/
+int sr__stream_watch(sr_socket *s) {
+  int want = 0, err;
+  if (s->closing || s->kind == SR_TTY) return 0;
+  if (s->listening ? s->reader != NULL : s->reading) want |= UV_READABLE;
+  if (s->connect_status == 1 || s->nwrites > 0) want |= UV_WRITABLE;
+  if (want == s->poll_events) return 0;
+  if ((err = sr__socket_handle(s)) < 0) return err;
+  if (want != 0)
+    err = uv_poll_start(&s->h.poll, want, sr_stream_poll_cb);
+  else
+    err = uv_poll_stop(&s->h.poll);
+  if (err == 0) s->poll_events = (uint8_t)want;
+  return err;
+}
 
 /* ---------------------------------------------------------------------- */
 /* Reading                                                                */
 
+/* (standard input: libuv reads it) */
 static void sr_stream_alloc_cb(uv_handle_t *h, size_t suggested,
                                uv_buf_t *buf) {
   sr_socket *s = h->data;
@@ -97,8 +136,11 @@ static int sr_stream_unborrow(sr_socket *s) {
 
 static void sr_stream_stop(sr_socket *s) {
   if (s->reading) {
-    uv_read_stop(&s->h.stream);
     s->reading = 0;
+    if (s->kind == SR_TTY)
+      uv_read_stop(&s->h.stream);
+    else
+      sr__stream_watch(s);
   }
 }
 
@@ -125,8 +167,9 @@ sr_stream_received(sr_socket *s, ssize_t nread, int lend) {
   } else if (nread < 0) {
     int soerr = 0;
     socklen_t len = sizeof soerr;
-    /* libuv reports a hang-up after a partial read as EOF without reading
-    ** again; a reset peer leaves its error in SO_ERROR: report that. */
+    /* a peer that reset the connection after its FIN leaves the error in
+    ** SO_ERROR, and the reset is the news (what we sent was lost): report
+    ** that rather than the end */
     if (nread == UV_EOF && s->kind == SR_TCP &&
         getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 &&
         soerr != 0)
@@ -139,16 +182,33 @@ sr_stream_received(sr_socket *s, ssize_t nread, int lend) {
   }
 }
 
-static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
-                              const uv_buf_t *buf) {
-  sr_socket *s = stream->data;
-  (void)buf; /* the loop's read buffer */
+/* What a read brought: for the reader, which runs now. */
+static void sr_stream_got(sr_socket *s, ssize_t nread) {
   sr_stream_received(s, nread, s->reader != NULL);
   /* Flow control: with no reader waiting, stop taking more than a bounded
   ** amount from the kernel; a reader waiting resumes it. */
   if (s->reader == NULL && s->len >= SR_READ_HIGH_WATER) sr_stream_stop(s);
   if (nread != 0) sr__socket_wake(&s->reader, 0);
   sr__stream_reclaim(sr_socket_loop(s));
+}
+
+static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
+                              const uv_buf_t *buf) {
+  (void)buf; /* the loop's read buffer */
+  sr_stream_got(stream->data, nread);
+}
+
+/* One read(2) into the loop's buffer: bytes, UV_EOF, a UV_E* error, or 0
+** when there is nothing to read now. */
+static ssize_t sr_stream_read_fd(sr_socket *s) {
+  sr_loop *lp = s->loop;
+  ssize_t n;
+  sr__stream_reclaim(lp); /* another reader may have the buffer */
+  do
+    n = read(s->fd, lp->rbuf, sizeof lp->rbuf);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+  return n == 0 ? UV_EOF : n;
 }
 
 /*
@@ -180,24 +240,23 @@ void sr__stream_reclaim(sr_loop *lp) {
 static int sr_stream_read_now(sr_socket *s) {
   ssize_t n;
   s->read_now = 0;
-  sr__stream_reclaim(sr_socket_loop(s)); /* another reader may have it */
-  do
-    n = read(s->fd, sr_socket_loop(s)->rbuf, sizeof sr_socket_loop(s)->rbuf);
-  while (n < 0 && errno == EINTR);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
-  sr_stream_received(s, n < 0 ? -errno : n == 0 ? UV_EOF : n, 1);
+  if ((n = sr_stream_read_fd(s)) == 0) return 0;
+  sr_stream_received(s, n, 1);
   return 1;
 }
 
 /* Start reading in the background, if not already and not at EOF. */
 void sr__stream_start(sr_socket *s) {
   if (!s->reading && !s->eof && s->rerr == 0) {
-    int err =
-        uv_read_start(&s->h.stream, sr_stream_alloc_cb, sr_stream_read_cb);
-    if (err < 0)
-      s->rerr = err;
-    else
-      s->reading = 1;
+    int err;
+    s->reading = 1;
+    err = s->kind == SR_TTY ? uv_read_start(&s->h.stream, sr_stream_alloc_cb,
+                                            sr_stream_read_cb)
+                            : sr__stream_watch(s);
+    if (err < 0) {
+      s->reading = 0;
+      s->rerr = (int16_t)err;
+    }
   }
 }
 
@@ -521,20 +580,142 @@ int sr__stream_read(lua_State *L, sr_socket *s) {
 /* ---------------------------------------------------------------------- */
 /* Writing                                                                */
 
-static void sr_stream_write_cb(uv_write_t *req, int status);
 static void sr_stream_linger_step(sr_socket *s);
-static void sr_stream_shutdown_cb(uv_shutdown_t *req, int status);
 
-/* Bytes on their way out: queued in libuv and gathered, not yet sent. */
+/* Bytes on their way out: waiting for the kernel, and gathered. */
 static size_t sr_stream_queued(sr_socket *s) {
-  return s->h.stream.write_queue_size + s->wlen;
+  return (s->nwrites > 0 ? s->extra->out_bytes : 0) + s->wlen;
+}
+
+/*
+** sendmsg(2) of bufs[0..n) (at most IOV_MAX of them): the bytes the kernel
+** took, or a UV_E* error, UV_EAGAIN when it takes none now. MSG_NOSIGNAL:
+** a peer gone away raises no SIGPIPE, whatever the host does with it.
+*/
+static ssize_t sr_stream_send(sr_socket *s, uv_buf_t *bufs, size_t n) {
+  struct msghdr m;
+  ssize_t done;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = (struct iovec *)bufs;
+  m.msg_iovlen = n < IOV_MAX ? n : IOV_MAX;
+  do
+    done = sendmsg(s->fd, &m, MSG_NOSIGNAL);
+  while (done < 0 && errno == EINTR);
+  if (done >= 0) return done;
+  return errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+}
+
+/* A write request done (sent, failed or dropped): its memory goes. */
+static void sr_stream_out_done(sr_socket *s, sr_out *o) {
+  if (o->owned != NULL)
+    free(o->owned);
+  else if (s->loop->L != NULL)
+    luaL_unref(s->loop->L, LUA_REGISTRYINDEX, o->anchor);
+  free(o);
+  s->nwrites--;
+}
+
+/* Drop every write still waiting (a write failed, or the socket is being
+** freed). */
+void sr__stream_free_queue(sr_socket *s) {
+  sr_socket_extra *x = s->extra;
+  while (s->nwrites > 0) {
+    sr_out *o = x->out;
+    x->out = o->next;
+    sr_stream_out_done(s, o);
+  }
+  if (x != NULL) x->out_bytes = 0;
+}
+
+/*
+** Queue bufs[0..n) behind the writes waiting already: a request that owns
+** the gather buffer owned, or whose strings anchor holds. Returns 0 or a
+** UV_E* error (then nothing was queued).
+*/
+static int sr_stream_enqueue(sr_socket *s, const uv_buf_t *bufs, size_t n,
+                             char *owned, int anchor) {
+  sr_socket_extra *x = sr__socket_extra(s);
+  sr_out *o;
+  size_t i, bytes = 0;
+  int err;
+  if (x == NULL ||
+      (o = malloc(offsetof(sr_out, bufs) + n * sizeof *bufs)) == NULL)
+    return UV_ENOMEM;
+  o->next = NULL;
+  o->anchor = anchor;
+  o->owned = owned;
+  o->first = 0;
+  o->nbufs = (unsigned)n;
+  memcpy(o->bufs, bufs, n * sizeof *bufs);
+  for (i = 0; i < n; i++) bytes += bufs[i].len;
+  if (s->nwrites == 0) x->out_tail = &x->out;
+  *x->out_tail = o;
+  s->nwrites++;
+  if ((err = sr__stream_watch(s)) < 0) { /* it could never go */
+    s->nwrites--;
+    *x->out_tail = NULL;
+    free(o);
+    return err;
+  }
+  x->out_tail = &o->next;
+  x->out_bytes += bytes;
+  sr__socket_update_ref(s);
+  return 0;
+}
+
+/* The FIN, once every queued write is out. */
+static void sr_stream_fin(sr_socket *s) {
+  if (shutdown(s->fd, SHUT_WR) < 0 && s->werr == 0) s->werr = (int16_t)-errno;
+  s->fin_sent = 1;
+}
+
+/* The descriptor takes more: send what waits, as much as it takes. */
+static void sr_stream_send_queued(sr_socket *s) {
+  sr_socket_extra *x = s->extra;
+  while (s->nwrites > 0) {
+    uv_buf_t iov[SR_IOV_QUEUED];
+    size_t n = 0;
+    ssize_t done;
+    sr_out *o;
+    for (o = x->out; o != NULL && n < SR_IOV_QUEUED; o = o->next) {
+      unsigned i;
+      for (i = o->first; i < o->nbufs && n < SR_IOV_QUEUED; i++)
+        iov[n++] = o->bufs[i];
+    }
+    if ((done = sr_stream_send(s, iov, n)) < 0) {
+      if (done == UV_EAGAIN) break;
+      if (s->werr == 0) s->werr = (int16_t)done;
+      sr__stream_free_queue(s); /* a hole: nothing after it may go */
+      break;
+    }
+    x->out_bytes -= (size_t)done;
+    while ((o = x->out) != NULL) { /* (empty buffers go at once) */
+      while (o->first < o->nbufs && (size_t)done >= o->bufs[o->first].len)
+        done -= (ssize_t)o->bufs[o->first++].len;
+      if (o->first < o->nbufs) {
+        o->bufs[o->first].base += done;
+        o->bufs[o->first].len -= (size_t)done;
+        break;
+      }
+      x->out = o->next;
+      sr_stream_out_done(s, o);
+    }
+  }
+  if (s->nwrites == 0 && s->shut && !s->fin_sent) sr_stream_fin(s);
+  sr__socket_update_ref(s);
+  if (s->closed) {
+    sr_stream_linger_step(s);
+    return;
+  }
+  if (s->werr != 0 || sr_stream_queued(s) <= SR_WRITE_HIGH_WATER)
+    sr__socket_wake(&s->writer, 0);
 }
 
 /* Take s off the loop's list of sockets with gathered bytes. */
 static void sr_stream_undirty(sr_socket *s) {
   sr_socket **p;
   if (!s->dirty) return;
-  for (p = &sr_socket_loop(s)->dirty; *p != NULL; p = &(*p)->next_dirty) {
+  for (p = &s->loop->dirty; *p != NULL; p = &(*p)->next_dirty) {
     if (*p == s) {
       *p = s->next_dirty;
       break;
@@ -545,57 +726,41 @@ static void sr_stream_undirty(sr_socket *s) {
 }
 
 /*
-** Send the gathered bytes: try_write, and queue what the kernel did not
-** take in a request that owns the buffer. Returns 0 or a UV_E* error,
-** which is also kept as the socket's write error.
+** Send the gathered bytes, and queue what the kernel did not take in a
+** request that owns the buffer. Returns 0 or a UV_E* error, which is also
+** kept as the socket's write error.
 */
 int sr__stream_flush(sr_socket *s) {
   uv_buf_t b;
-  ssize_t done;
-  sigset_t saved;
-  sr_write_req *w;
+  ssize_t done = 0;
   int err;
   sr_stream_undirty(s);
   if (s->wlen == 0) return 0;
   b = uv_buf_init(s->wbuf, (unsigned)s->wlen);
-  sr__sigpipe_block(sr_socket_loop(s), &saved);
-  done = uv_try_write(&s->h.stream, &b, 1);
-  sr__sigpipe_restore(sr_socket_loop(s), &saved);
-  if (done == UV_EAGAIN || done == UV_ENOSYS) done = 0;
+  if (s->nwrites == 0) done = sr_stream_send(s, &b, 1); /* else behind */
+  if (done == UV_EAGAIN) done = 0;
   err = done < 0 ? (int)done : 0;
   if (err == 0 && (size_t)done < s->wlen) {
-    w = malloc(sizeof *w);
-    if (w == NULL) {
-      err = UV_ENOMEM;
-    } else {
-      w->owned = s->wbuf;
-      w->anchor = LUA_NOREF;
-      b = uv_buf_init(s->wbuf + done, (unsigned)(s->wlen - (size_t)done));
-      err = uv_write(&w->req, &s->h.stream, &b, 1, sr_stream_write_cb);
-      if (err < 0) {
-        free(w);
-      } else {
-        s->wbuf = NULL; /* the request has it now */
-        s->nwrites++;
-        sr__socket_update_ref(s);
-      }
-    }
+    b.base += done;
+    b.len -= (size_t)done;
+    err = sr_stream_enqueue(s, &b, 1, s->wbuf, LUA_NOREF);
+    if (err == 0) s->wbuf = NULL; /* the request has it now */
   }
   if (s->wbuf != NULL && s->wcap == SR_GATHER_FIRST &&
-      sr_socket_loop(s)->nspare < SR_GATHER_SPARES)
-    sr_socket_loop(s)->spare[sr_socket_loop(s)->nspare++] = s->wbuf;
+      s->loop->nspare < SR_GATHER_SPARES)
+    s->loop->spare[s->loop->nspare++] = s->wbuf;
   else
     free(s->wbuf);
   s->wbuf = NULL;
   s->wlen = s->wcap = 0;
-  if (err < 0 && s->werr == 0) s->werr = err;
+  if (err < 0 && s->werr == 0) s->werr = (int16_t)err;
   return err;
 }
 
 /* Gather n bytes from the arguments 2..top into s->wbuf. */
 static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
   int i, top = lua_gettop(L);
-  sr_loop *lp = sr_socket_loop(s);
+  sr_loop *lp = s->loop;
   if (n == 0) return 0; /* write(""): there may be no buffer to copy into */
   if (s->wcap == 0 && n > 0 && n <= SR_GATHER_FIRST && lp->nspare > 0) {
     /* a buffer that went out whole: no malloc and free per reply */
@@ -623,26 +788,6 @@ static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
   return 0;
 }
 
-static void sr_stream_write_cb(uv_write_t *req, int status) {
-  sr_write_req *w = (sr_write_req *)req;
-  sr_socket *s = req->handle->data;
-  sr_loop *lp = sr_socket_loop(s);
-  if (w->owned != NULL)
-    free(w->owned);
-  else if (lp->L != NULL)
-    luaL_unref(lp->L, LUA_REGISTRYINDEX, w->anchor);
-  free(w);
-  s->nwrites--;
-  if (status < 0 && status != UV_ECANCELED && s->werr == 0) s->werr = status;
-  if (s->closed) {
-    sr_stream_linger_step(s);
-    return;
-  }
-  sr__socket_update_ref(s);
-  if (s->werr != 0 || sr_stream_queued(s) <= SR_WRITE_HIGH_WATER)
-    sr__socket_wake(&s->writer, 0);
-}
-
 static int sr_stream_write_k(lua_State *L, int status, lua_KContext ctx) {
   int fresh = (status == LUA_OK);
   for (;;) {
@@ -662,11 +807,10 @@ static int sr_stream_write_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* Queue bufs[0..n) (the tail of arguments first..top), anchoring the
-** strings in the registry until the write callback. The anchor is made
-** first: it may raise (out of memory), and then nothing is to be freed. */
-static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
-                           int first, int top) {
-  sr_write_req *w;
+** strings in the registry until they are sent. The anchor is made first:
+** it may raise (out of memory), and then nothing is to be freed. */
+static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs,
+                           size_t n, int first, int top) {
   int i, err, anchor;
   if (first == top) {
     lua_pushvalue(L, top);
@@ -678,21 +822,9 @@ static int sr_stream_queue(lua_State *L, sr_socket *s, uv_buf_t *bufs, int n,
     }
   }
   anchor = luaL_ref(L, LUA_REGISTRYINDEX);
-  if ((w = malloc(sizeof *w)) == NULL) {
+  if ((err = sr_stream_enqueue(s, bufs, n, NULL, anchor)) < 0)
     luaL_unref(L, LUA_REGISTRYINDEX, anchor);
-    return UV_ENOMEM;
-  }
-  w->owned = NULL;
-  w->anchor = anchor;
-  err = uv_write(&w->req, &s->h.stream, bufs, (unsigned)n, sr_stream_write_cb);
-  if (err < 0) {
-    luaL_unref(L, LUA_REGISTRYINDEX, w->anchor);
-    free(w);
-    return err;
-  }
-  s->nwrites++;
-  sr__socket_update_ref(s);
-  return 0;
+  return err;
 }
 
 #define SR_IOV_STACK 16
@@ -720,8 +852,8 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   uv_buf_t stackbufs[SR_IOV_STACK], *bufs = stackbufs;
   size_t len, nbufs, k;
   ssize_t done;
-  sigset_t saved;
   if (s == NULL) return sr__fail(L, UV_EBADF);
+  if (s->kind == SR_TTY) return sr__fail(L, UV_ENOTSUP); /* read only */
   if (!s->connected) return sr__fail(L, UV_ENOTCONN); /* not a sticky error */
   if (s->writer != NULL) /* refuse before a byte of ours goes out */
     return luaL_error(L, "socket is busy: another task is already writing "
@@ -735,7 +867,7 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   /* Inside a task, a small write is gathered: replies made while working
   ** through buffered input leave together, in one write per socket, when
   ** the task gives control back to the loop (sr__loop_flush). */
-  if (sr_socket_loop(s)->current != NULL && total <= SR_GATHER_MAX &&
+  if (s->loop->current != NULL && total <= SR_GATHER_MAX &&
       s->wlen + total <= SR_GATHER_LIMIT) {
     if ((err = sr_stream_gather(L, s, total)) < 0) return sr__fail(L, err);
     if (sr_stream_queued(s) > SR_WRITE_HIGH_WATER)
@@ -747,7 +879,7 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   if ((err = sr__stream_flush(s)) < 0) return sr__fail(L, err);
   nbufs = sr_stream_nbufs(L, n, total);
   if (nbufs > INT_MAX) return sr__fail(L, UV_E2BIG);
-  if (nbufs > SR_IOV_STACK) /* uv_write copies the array; Lua frees it */
+  if (nbufs > SR_IOV_STACK) /* a queued write copies it; Lua frees it */
     bufs = lua_newuserdatauv(L, sizeof(uv_buf_t) * nbufs, 0);
   total = 0;
   for (i = 0, k = 0; i < nb; i++) {
@@ -760,10 +892,10 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
       len -= piece;
     } while (len > 0);
   }
-  sr__sigpipe_block(sr_socket_loop(s), &saved);
-  done = uv_try_write(&s->h.stream, bufs, (unsigned)nbufs);
-  sr__sigpipe_restore(sr_socket_loop(s), &saved);
-  if (done == UV_EAGAIN || done == UV_ENOSYS) done = 0;
+  /* (behind writes queued already, if any: sr_stream_queued is below
+  ** the high-water mark, or this task would have waited) */
+  done = s->nwrites == 0 ? sr_stream_send(s, bufs, nbufs) : UV_EAGAIN;
+  if (done == UV_EAGAIN) done = 0;
   err = done < 0 ? (int)done : 0;
   if (err == 0 && (size_t)done < total) {
     /* skip what went out, then queue the rest */
@@ -776,13 +908,13 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
     ** the error is sticky then, set before the queueing, which may raise */
     int sent = first > 0 || done > 0;
     if (sent) s->werr = UV_ENOMEM;
-    err = sr_stream_queue(L, s, bufs + first, (int)nbufs - first,
+    err = sr_stream_queue(L, s, bufs + first, nbufs - (size_t)first,
                           nbufs == (size_t)nb ? first + 2 : 2, n);
-    if (sent) s->werr = err < 0 ? err : 0;
+    if (sent) s->werr = (int16_t)(err < 0 ? err : 0);
   }
   lua_settop(L, n);
   if (err < 0) {
-    if (done < 0) s->werr = err;
+    if (done < 0) s->werr = (int16_t)err;
     return sr__fail(L, err);
   }
   if (sr_stream_queued(s) > SR_WRITE_HIGH_WATER)
@@ -810,12 +942,9 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
 ** and gets the reset.
 */
 
-static void sr_stream_drain_cb(uv_stream_t *stream, ssize_t nread,
-                               const uv_buf_t *buf) {
-  sr_socket *s = stream->data;
+/* What a read brought a lingering socket: dropped, within the budget. */
+static void sr_stream_drained(sr_socket *s, ssize_t nread) {
   sr_linger *lg;
-  (void)buf; /* the loop's read buffer: dropped */
-  if (nread == 0) return;
   if (nread < 0) {
     sr_stream_stop(s); /* EOF (it may still read) or an error */
   } else if ((lg = sr_socket_linger(s)) != NULL) {
@@ -831,19 +960,17 @@ static void sr_stream_drain_cb(uv_stream_t *stream, ssize_t nread,
 void sr__stream_linger(sr_socket *s) {
   /* linger 0 asked for a reset: it comes once the writes are out */
   if (s->abortive) return;
-  if (!s->shut) { /* libuv sends it once the queued writes are out */
-    uv_shutdown_t *req = malloc(sizeof *req);
-    if (req != NULL &&
-        uv_shutdown(req, &s->h.stream, sr_stream_shutdown_cb) == 0)
-      s->shut = 1;
-    else
-      free(req);
+  if (!s->shut) { /* the FIN goes once the queued writes are out */
+    s->shut = 1;
+    if (s->nwrites == 0) sr_stream_fin(s);
   }
   /* (after a read error too: one of ours, ENOMEM say, leaves the peer
   ** sending; after its own, the drain's first read ends at once) */
-  if (!s->reading && !s->eof &&
-      uv_read_start(&s->h.stream, sr_stream_alloc_cb, sr_stream_drain_cb) == 0)
+  if (!s->reading && !s->eof) {
     s->reading = 1;
+    if (sr__stream_watch(s) < 0) s->reading = 0;
+  }
+  sr_stream_linger_step(s);
 }
 
 /* Where a lingering close stands, after each of its events: a write or
@@ -862,19 +989,9 @@ static void sr_stream_linger_step(sr_socket *s) {
     sr__socket_linger_quiet(s);
 }
 
-static void sr_stream_shutdown_cb(uv_shutdown_t *req, int status) {
-  sr_socket *s = req->handle->data;
-  free(req);
-  if (status == UV_ECANCELED) return; /* the handle is closing */
-  if (status < 0 && s->werr == 0) s->werr = status;
-  s->fin_sent = 1;
-  sr_stream_linger_step(s);
-}
-
-/* Half-close: libuv sends FIN once the queued writes are flushed. */
+/* Half-close: the FIN goes once the queued writes are out. */
 int sr__stream_shutdown(lua_State *L) {
   sr_socket *s = sr__check_socket(L, 1);
-  uv_shutdown_t *req;
   int err;
   if (s == NULL) return 3;
   if (s->kind == SR_DGRAM) {
@@ -886,15 +1003,55 @@ int sr__stream_shutdown(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
+  if (!s->connected || s->kind == SR_TTY) return sr__fail(L, UV_ENOTCONN);
   if ((err = sr__stream_flush(s)) < 0) return sr__fail(L, err);
-  req = malloc(sizeof *req);
-  if (req == NULL) return sr__fail(L, UV_ENOMEM);
-  err = uv_shutdown(req, &s->h.stream, sr_stream_shutdown_cb);
-  if (err < 0) {
-    free(req);
-    return sr__fail(L, err);
-  }
+  if (s->nwrites == 0 && shutdown(s->fd, SHUT_WR) < 0)
+    return sr__fail(L, -errno);
+  s->fin_sent = s->nwrites == 0;
   s->shut = 1;
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The poll callback                                                      */
+
+/* A connect under way has ended (connect_status 1): how. */
+static void sr_stream_connected(sr_socket *s) {
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) soerr = errno;
+  s->connect_status = 2;
+  s->cresult = (int16_t)-soerr;
+  sr__socket_wake(&s->writer, 0);
+}
+
+static void sr_stream_poll_cb(uv_poll_t *h, int status, int events) {
+  sr_socket *s = h->data;
+  if (status < 0) {
+    /* An error on the descriptor (a reset, a refused connect): libuv
+    ** stopped watching it. The calls below meet the error itself. */
+    s->poll_events = 0;
+    events = UV_READABLE | UV_WRITABLE;
+  }
+  if (s->listening) {
+    if (events & UV_READABLE) sr__socket_wake(&s->reader, 0);
+  } else {
+    if (events & UV_WRITABLE) {
+      if (s->connect_status == 1)
+        sr_stream_connected(s);
+      else if (s->nwrites > 0)
+        sr_stream_send_queued(s);
+    }
+    if ((events & UV_READABLE) && s->reading && !s->closing) {
+      ssize_t n = sr_stream_read_fd(s);
+      if (n != 0) {
+        if (s->closed)
+          sr_stream_drained(s, n);
+        else
+          sr_stream_got(s, n);
+      }
+    }
+  }
+  sr__stream_watch(s);
 }
