@@ -524,7 +524,7 @@ end
 
 local function num(x, unit)
   if x == nil then return "—" end
-  if unit == "KiB/conn" then return fmt("%.2f", x) end
+  if unit == "KiB/conn" then return fmt("%.3f", x) end -- (the W5 target: 1.5)
   if unit == "MiB/s" then return fmt("%.0f", x) end
   if x >= 1e6 then return fmt("%.2fM", x / 1e6) end
   if x >= 1e4 then return fmt("%.1fk", x / 1e3) end

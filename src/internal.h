@@ -59,6 +59,12 @@ typedef struct sr_linger sr_linger;
 typedef struct sr_socket_extra sr_socket_extra;
 typedef struct sr_out sr_out;
 
+/* A growable array of sockets (the loop's lists of them). */
+typedef struct {
+  sr_socket **v;
+  int n, cap;
+} sr_sockets;
+
 /*
 ** A task is a coroutine scheduled by sockrun. It waits on one thing at a
 ** time, so the timer that bounds a wait (timeouts, sleep) belongs to the
@@ -119,8 +125,8 @@ struct sr_loop {
   sr_task *run_waiter;  /* that chunk, waiting in sr.run (loop.c) */
   int dry;              /* the last sr.run ended for want of work */
   int stop_with_main;   /* a stop ended its sr.run: stop when it ends */
-  sr_socket *dirty;  /* sockets with gathered bytes (sr__loop_flush) */
-  sr_socket *unpolled; /* closed ones that never had a handle, to free */
+  sr_sockets dirty;    /* sockets with gathered bytes (sr__loop_flush) */
+  sr_sockets unpolled; /* closed ones that never had a handle, to free */
   uv_check_t reap;     /* which it does, after the poll */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
@@ -152,22 +158,19 @@ typedef enum { SR_TCP, SR_PIPE, SR_DGRAM, SR_TTY } sr_kind;
 ** hold: libuv error codes fit 16 bits, buffer offsets 32 (a socket never
 ** holds 4 GiB unread); and what few sockets need (timeouts, a line bound,
 ** a bound path, a linger, writes waiting for the kernel) is in a block of
-** its own, made on first use. Then a TCP connection is 104 + 160 bytes,
-** 272 with malloc's header.
+** its own, made on first use; the loop is the handle's. Then a TCP
+** connection is 88 + 160 bytes, 256 with malloc's header.
 */
 #define SR_NO_TIMEOUT UINT32_MAX /* in timeout_ms: none */
 #define SR_BUF_MAX UINT32_MAX    /* bound on unread and gathered bytes */
 
 struct sr_socket {
-  sr_loop *loop;
   sr_task *reader;       /* the task waiting to read/accept/recv */
   sr_task *writer;       /* the task waiting to write/connect/send */
   /* Unread bytes: buf[off .. off+len). NULL while nothing is unread. */
   char *buf;
   char *wbuf;            /* gathered bytes, not yet given to the kernel */
   sr_socket_extra *extra; /* or NULL: see sr_socket_extra */
-  sr_socket *next_dirty; /* link in the loop's list of such sockets, or of
-                         ** closed ones to free (sr__socket_close_cb) */
   uint32_t off, len, cap;
   uint32_t scanned;      /* bytes from off known to hold no '\n' */
   uint32_t wlen, wcap;
@@ -207,7 +210,9 @@ struct sr_socket {
 
 enum { SR_TCONNECT, SR_TREAD, SR_TWRITE };
 
-#define sr_socket_loop(s) ((s)->loop)
+/* The loop a socket is in: its handle's (uv comes first in sr_loop), set
+** by sockrun itself while the handle is not made yet (socket.c). */
+#define sr_socket_loop(s) ((sr_loop *)(s)->h.handle.loop)
 
 /* A socket's rarely set state, allocated when first set (socket.c);
 ** without it, the defaults below hold. Freed with the socket. */
@@ -292,6 +297,8 @@ void sr__socket_finish_close(sr_socket *s);
 void sr__socket_linger_quiet(sr_socket *s);
 void sr__socket_linger_stop(sr_socket *s);
 void sr__socket_close_cb(uv_handle_t *h);
+int sr__sockets_add(sr_sockets *l, sr_socket *s);
+void sr__sockets_remove(sr_sockets *l, sr_socket *s);
 int sr__socket_handle(sr_socket *s);
 void sr__socket_reap(sr_loop *lp);
 void sr__socket_loop_init(sr_loop *lp);

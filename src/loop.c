@@ -24,12 +24,16 @@ int sr__run(sr_loop *lp, lua_State *L, uv_run_mode mode) {
   return alive;
 }
 
+/* A socket finds its loop from its handle's loop (internal.h). */
+_Static_assert(offsetof(sr_loop, uv) == 0, "uv comes first in sr_loop");
+
 /* Send what tasks gathered on each socket, one write a socket. Called
 ** each time a task gives control back (sr_task_resume): it has worked
 ** through what it could, so the replies it made leave together. */
 void sr__loop_flush(sr_loop *lp) {
   sr_socket *s;
-  while ((s = lp->dirty) != NULL) {
+  while (lp->dirty.n > 0) {
+    s = lp->dirty.v[lp->dirty.n - 1];
     if (sr__stream_flush(s) < 0) sr__socket_wake(&s->writer, 0);
   }
 }
@@ -209,6 +213,8 @@ static int sr_loop_gc(lua_State *L) {
     uv_run(&lp->uv, UV_RUN_DEFAULT);
   sr__dns_free_answers(lp);
   while (lp->nspare > 0) free(lp->spare[--lp->nspare]);
+  free(lp->dirty.v);
+  free(lp->unpolled.v);
   return 0;
 }
 

@@ -27,10 +27,10 @@
 ** every later call on the object sees a closed socket (EBADF).
 */
 static void sr_socket_free(sr_socket *s) {
-  s->loop->nsockets--;
+  sr_socket_loop(s)->nsockets--;
   /* the loop's read buffer may still be lent to it (stream.c): a released
   ** socket has nothing there to reclaim, and its memory goes now */
-  if (s->loop->lent == s) s->loop->lent = NULL;
+  if (sr_socket_loop(s)->lent == s) sr_socket_loop(s)->lent = NULL;
   if (!s->borrowed) free(s->buf);
   free(s->wbuf);
   sr__stream_free_queue(s); /* (at teardown: what a linger had left) */
@@ -47,21 +47,39 @@ void sr__socket_close_cb(uv_handle_t *h) { sr_socket_free(h->data); }
 ** it in hand is still running, or at teardown.
 */
 void sr__socket_reap(sr_loop *lp) {
-  sr_socket *s;
-  while ((s = lp->unpolled) != NULL) {
-    lp->unpolled = s->next_dirty;
-    sr_socket_free(s);
-  }
+  while (lp->unpolled.n > 0) sr_socket_free(lp->unpolled.v[--lp->unpolled.n]);
   uv_check_stop(&lp->reap);
 }
 
 static void sr_socket_reap_cb(uv_check_t *c) { sr__socket_reap(c->data); }
 
 void sr__socket_loop_init(sr_loop *lp) {
-  lp->unpolled = NULL;
   uv_check_init(&lp->uv, &lp->reap);
   lp->reap.data = lp;
   uv_unref((uv_handle_t *)&lp->reap);
+}
+
+/* Add s to the list l (0, or UV_ENOMEM); take it off again. */
+int sr__sockets_add(sr_sockets *l, sr_socket *s) {
+  if (l->n == l->cap) {
+    int cap = l->cap ? l->cap * 2 : 16;
+    sr_socket **v = realloc(l->v, sizeof *v * (size_t)cap);
+    if (v == NULL) return UV_ENOMEM;
+    l->v = v;
+    l->cap = cap;
+  }
+  l->v[l->n++] = s;
+  return 0;
+}
+
+void sr__sockets_remove(sr_sockets *l, sr_socket *s) {
+  int i = l->n; /* (the newest first: that is the one usually taken off) */
+  while (i-- > 0) {
+    if (l->v[i] == s) {
+      l->v[i] = l->v[--l->n];
+      return;
+    }
+  }
 }
 
 /* The handle of a socket on its own descriptor (all but standard input),
@@ -69,7 +87,7 @@ void sr__socket_loop_init(sr_loop *lp) {
 int sr__socket_handle(sr_socket *s) {
   int err;
   if (s->polled) return 0;
-  if ((err = uv_poll_init_socket(&s->loop->uv, &s->h.poll, s->fd)) < 0)
+  if ((err = uv_poll_init_socket(&sr_socket_loop(s)->uv, &s->h.poll, s->fd)) < 0)
     return err;
   s->h.handle.data = s;
   s->polled = 1;
@@ -134,14 +152,22 @@ static void sr_socket_uv_close(sr_socket *s) {
     uv_close(&s->h.handle, sr__socket_close_cb);
     return;
   }
-  if (s->polled) {
-    uv_close(&s->h.handle, sr__socket_close_cb); /* which stops the poll */
-  } else {
-    sr_loop *lp = s->loop;
-    s->next_dirty = lp->unpolled; /* (a released socket is not dirty) */
-    lp->unpolled = s;
-    uv_check_start(&lp->reap, sr_socket_reap_cb);
+  if (!s->polled) {
+    sr_loop *lp = sr_socket_loop(s);
+    if (sr__sockets_add(&lp->unpolled, s) == 0) {
+      uv_check_start(&lp->reap, sr_socket_reap_cb);
+      close(s->fd);
+      return;
+    }
+    /* out of memory: made now, the handle is closed the libuv way (and
+    ** if it cannot be made, the struct is lost rather than freed under a
+    ** caller) */
+    if (sr__socket_handle(s) < 0) {
+      close(s->fd);
+      return;
+    }
   }
+  uv_close(&s->h.handle, sr__socket_close_cb); /* which stops the poll */
   close(s->fd); /* uv_poll does not own the descriptor */
 }
 
@@ -349,7 +375,7 @@ static sr_socket *sr_socket_make(sr_loop *lp, sr_kind kind, int family,
     *errp = UV_ENOMEM;
     return NULL;
   }
-  s->loop = lp;
+  s->h.handle.loop = &lp->uv; /* libuv's init sets it again */
   s->kind = kind;
   s->family = family;
   s->fd = fd;
@@ -704,7 +730,7 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
                    SOCK_NONBLOCK | SOCK_CLOEXEC);
     while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
     if (fd >= 0) {
-      sr_socket *c = sr_socket_make(s->loop, s->kind, s->family, fd, &err);
+      sr_socket *c = sr_socket_make(sr_socket_loop(s), s->kind, s->family, fd, &err);
       if (c == NULL) return sr__fail(L, err);
       *slot = c;
       c->connected = 1;
@@ -713,7 +739,7 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
     }
     lua_pop(L, 1);
     if (errno != EAGAIN && errno != EWOULDBLOCK) return sr__fail(L, -errno);
-    if (!fresh && sr__timedout(s->loop)) return sr__fail(L, UV_ETIMEDOUT);
+    if (!fresh && sr__timedout(sr_socket_loop(s))) return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_socket_accept_k);
     fresh = 0;
   }

@@ -201,7 +201,7 @@ static void sr_stream_read_cb(uv_stream_t *stream, ssize_t nread,
 /* One read(2) into the loop's buffer: bytes, UV_EOF, a UV_E* error, or 0
 ** when there is nothing to read now. */
 static ssize_t sr_stream_read_fd(sr_socket *s) {
-  sr_loop *lp = s->loop;
+  sr_loop *lp = sr_socket_loop(s);
   ssize_t n;
   sr__stream_reclaim(lp); /* another reader may have the buffer */
   do
@@ -609,8 +609,8 @@ static ssize_t sr_stream_send(sr_socket *s, uv_buf_t *bufs, size_t n) {
 static void sr_stream_out_done(sr_socket *s, sr_out *o) {
   if (o->owned != NULL)
     free(o->owned);
-  else if (s->loop->L != NULL)
-    luaL_unref(s->loop->L, LUA_REGISTRYINDEX, o->anchor);
+  else if (sr_socket_loop(s)->L != NULL)
+    luaL_unref(sr_socket_loop(s)->L, LUA_REGISTRYINDEX, o->anchor);
   free(o);
   s->nwrites--;
 }
@@ -713,16 +713,9 @@ static void sr_stream_send_queued(sr_socket *s) {
 
 /* Take s off the loop's list of sockets with gathered bytes. */
 static void sr_stream_undirty(sr_socket *s) {
-  sr_socket **p;
   if (!s->dirty) return;
-  for (p = &s->loop->dirty; *p != NULL; p = &(*p)->next_dirty) {
-    if (*p == s) {
-      *p = s->next_dirty;
-      break;
-    }
-  }
+  sr__sockets_remove(&sr_socket_loop(s)->dirty, s);
   s->dirty = 0;
-  s->next_dirty = NULL;
 }
 
 /*
@@ -747,8 +740,8 @@ int sr__stream_flush(sr_socket *s) {
     if (err == 0) s->wbuf = NULL; /* the request has it now */
   }
   if (s->wbuf != NULL && s->wcap == SR_GATHER_FIRST &&
-      s->loop->nspare < SR_GATHER_SPARES)
-    s->loop->spare[s->loop->nspare++] = s->wbuf;
+      sr_socket_loop(s)->nspare < SR_GATHER_SPARES)
+    sr_socket_loop(s)->spare[sr_socket_loop(s)->nspare++] = s->wbuf;
   else
     free(s->wbuf);
   s->wbuf = NULL;
@@ -760,7 +753,7 @@ int sr__stream_flush(sr_socket *s) {
 /* Gather n bytes from the arguments 2..top into s->wbuf. */
 static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
   int i, top = lua_gettop(L);
-  sr_loop *lp = s->loop;
+  sr_loop *lp = sr_socket_loop(s);
   if (n == 0) return 0; /* write(""): there may be no buffer to copy into */
   if (s->wcap == 0 && n > 0 && n <= SR_GATHER_FIRST && lp->nspare > 0) {
     /* a buffer that went out whole: no malloc and free per reply */
@@ -774,16 +767,15 @@ static int sr_stream_gather(lua_State *L, sr_socket *s, size_t n) {
     s->wbuf = nb;
     s->wcap = cap;
   }
+  if (!s->dirty) { /* (first: bytes gathered always get flushed) */
+    if (sr__sockets_add(&lp->dirty, s) < 0) return UV_ENOMEM;
+    s->dirty = 1;
+  }
   for (i = 2; i <= top; i++) {
     size_t len;
     const char *p = lua_tolstring(L, i, &len);
     memcpy(s->wbuf + s->wlen, p, len);
     s->wlen += len;
-  }
-  if (!s->dirty) {
-    s->dirty = 1;
-    s->next_dirty = lp->dirty;
-    lp->dirty = s;
   }
   return 0;
 }
@@ -867,7 +859,7 @@ int sr__stream_write(lua_State *L, sr_socket *s, size_t total) {
   /* Inside a task, a small write is gathered: replies made while working
   ** through buffered input leave together, in one write per socket, when
   ** the task gives control back to the loop (sr__loop_flush). */
-  if (s->loop->current != NULL && total <= SR_GATHER_MAX &&
+  if (sr_socket_loop(s)->current != NULL && total <= SR_GATHER_MAX &&
       s->wlen + total <= SR_GATHER_LIMIT) {
     if ((err = sr_stream_gather(L, s, total)) < 0) return sr__fail(L, err);
     if (sr_stream_queued(s) > SR_WRITE_HIGH_WATER)

@@ -498,7 +498,7 @@ static void sr_task_resume(sr_task *t, lua_State *from, int nargs) {
   ** could, so what it (or its sr.onerror hook) gathered for writing
   ** leaves now (stream.c), one write per socket. Last, because a failed
   ** flush wakes the socket's writer, which may be any task. */
-  if (lp->dirty != NULL) sr__loop_flush(lp);
+  if (lp->dirty.n > 0) sr__loop_flush(lp);
   lp->depth--;
 }
 
