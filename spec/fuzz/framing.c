@@ -123,7 +123,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   sr_socket s;
-  sr_socket_extra x = {NULL, NULL, 64, {0, 0, 0}}; /* a small line bound */
+  sr_socket_extra x;
   size_t i = 0;
   if (L == NULL) {
     L = luaL_newstate();
@@ -131,7 +131,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lua_pushcclosure(L, try_read, 1 + sr__stream_push_read_upvalues(L));
   }
   memset(&s, 0, sizeof s);
-  s.extra = &x; /* so that the limit is reached */
+  memset(&x, 0, sizeof x);
+  x.maxline = 64; /* a small line bound, so that it is reached */
+  s.extra = &x;
   appended = taken = 0;
   while (i < size) {
     uint8_t op = data[i++];
