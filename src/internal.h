@@ -198,7 +198,7 @@ struct sr_socket {
   unsigned abortive : 1;  /* linger 0: close resets, lingers for nothing */
   unsigned unread_only : 1; /* lingering for bytes unread alone (socket.c) */
   unsigned read_now : 1;  /* accepted, not read yet (sr_stream_read_now) */
-  unsigned polled : 1;    /* the handle is initialised (stream.c) */
+  unsigned polled : 1;    /* the handle is made (sr__socket_handle) */
   union {                 /* last: see above */
     uv_handle_t handle;
     uv_poll_t poll;       /* sockets */
