@@ -24,12 +24,7 @@ static void sr_dgram_poll_cb(uv_poll_t *h, int status, int events);
 /* Watch for exactly what the waiting tasks need. */
 static void sr_dgram_update(sr_socket *s) {
   int want = (s->reader ? UV_READABLE : 0) | (s->writer ? UV_WRITABLE : 0);
-  if (s->closing || want == s->poll_events) return;
-  if (want)
-    uv_poll_start(&s->h.poll, want, sr_dgram_poll_cb);
-  else
-    uv_poll_stop(&s->h.poll);
-  s->poll_events = want;
+  sr__socket_poll(s, want, sr_dgram_poll_cb);
 }
 
 static void sr_dgram_poll_cb(uv_poll_t *h, int status, int events) {
@@ -44,11 +39,8 @@ static void sr_dgram_poll_cb(uv_poll_t *h, int status, int events) {
 ** Should the wait be refused, the poll callback stops watching. */
 static int sr_dgram_wait(lua_State *L, sr_socket *s, int reading, int fresh,
                          lua_KContext ctx, lua_KFunction k) {
-  int want = s->poll_events | (reading ? UV_READABLE : UV_WRITABLE);
-  if (want != s->poll_events) {
-    uv_poll_start(&s->h.poll, want, sr_dgram_poll_cb);
-    s->poll_events = want;
-  }
+  sr__socket_poll(s, s->poll_events | (reading ? UV_READABLE : UV_WRITABLE),
+                  sr_dgram_poll_cb);
   return sr__socket_wait(L, s, reading ? &s->reader : &s->writer,
                          reading ? SR_TREAD : SR_TWRITE, fresh, ctx, k);
 }

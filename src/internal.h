@@ -300,6 +300,7 @@ void sr__socket_close_cb(uv_handle_t *h);
 int sr__sockets_add(sr_sockets *l, sr_socket *s);
 void sr__sockets_remove(sr_sockets *l, sr_socket *s);
 int sr__socket_handle(sr_socket *s);
+int sr__socket_poll(sr_socket *s, int want, uv_poll_cb cb);
 void sr__socket_reap(sr_loop *lp);
 void sr__socket_loop_init(sr_loop *lp);
 
@@ -350,7 +351,7 @@ void sr__dns_detach(sr_task *t);
 void sr__dns_free_answers(sr_loop *lp);
 /* tty.c */
 void sr__tty_open(lua_State *L, sr_loop *lp);
-int sr__tty_init(sr_socket *s, sr_loop *lp, int *inited);
+int sr__tty_init(sr_socket *s, int *inited);
 void sr__tty_release(sr_socket *s);
 void sr__tty_forget(sr_loop *lp);
 void sr__signal_open(lua_State *L, sr_loop *lp);

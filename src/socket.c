@@ -27,10 +27,11 @@
 ** every later call on the object sees a closed socket (EBADF).
 */
 static void sr_socket_free(sr_socket *s) {
-  sr_socket_loop(s)->nsockets--;
+  sr_loop *lp = sr_socket_loop(s);
+  lp->nsockets--;
   /* the loop's read buffer may still be lent to it (stream.c): a released
   ** socket has nothing there to reclaim, and its memory goes now */
-  if (sr_socket_loop(s)->lent == s) sr_socket_loop(s)->lent = NULL;
+  if (lp->lent == s) lp->lent = NULL;
   if (!s->borrowed) free(s->buf);
   free(s->wbuf);
   sr__stream_free_queue(s); /* (at teardown: what a linger had left) */
@@ -82,17 +83,36 @@ void sr__sockets_remove(sr_sockets *l, sr_socket *s) {
   }
 }
 
+/* A handle just made (poll or tty): it finds s, and keeps no loop alive
+** until a task waits on it (sr__socket_update_ref). */
+static void sr_socket_handle_made(sr_socket *s) {
+  s->h.handle.data = s;
+  s->polled = 1;
+  uv_unref(&s->h.handle);
+}
+
 /* The handle of a socket on its own descriptor (all but standard input),
 ** which is made now, or by stream.c when first watched. */
 int sr__socket_handle(sr_socket *s) {
   int err;
   if (s->polled) return 0;
-  if ((err = uv_poll_init_socket(&sr_socket_loop(s)->uv, &s->h.poll, s->fd)) < 0)
-    return err;
-  s->h.handle.data = s;
-  s->polled = 1;
-  uv_unref(&s->h.handle); /* see sr__socket_update_ref */
+  err = uv_poll_init_socket(&sr_socket_loop(s)->uv, &s->h.poll, s->fd);
+  if (err < 0) return err;
+  sr_socket_handle_made(s);
   return 0;
+}
+
+/* Have libuv watch s's descriptor for the events want (UV_READABLE,
+** UV_WRITABLE), calling cb; nothing when it does already. Every change
+** costs an epoll_ctl or two. Returns 0 or a UV_E* error. */
+int sr__socket_poll(sr_socket *s, int want, uv_poll_cb cb) {
+  int err;
+  if (s->closing || want == s->poll_events) return 0;
+  if ((err = sr__socket_handle(s)) < 0) return err;
+  err = want != 0 ? uv_poll_start(&s->h.poll, want, cb)
+                  : uv_poll_stop(&s->h.poll);
+  if (err == 0) s->poll_events = (uint8_t)want;
+  return err;
 }
 
 /* s's rarely set state, made with the defaults on first use; NULL when
@@ -382,15 +402,15 @@ static sr_socket *sr_socket_make(sr_loop *lp, sr_kind kind, int family,
   switch (kind) {
     case SR_TCP:
     case SR_PIPE:
-      if (!accepted &&
-          (s->fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                          0)) < 0)
+      if (accepted) break; /* its handle comes when first watched */
+      s->fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (s->fd < 0)
         err = -errno;
-      else if (!accepted && (err = sr__socket_handle(s)) < 0)
+      else if ((err = sr__socket_handle(s)) < 0)
         close(s->fd);
       break;
     case SR_DGRAM: err = sr__dgram_init(s, family); break;
-    case SR_TTY: err = sr__tty_init(s, lp, &inited); break;
+    case SR_TTY: err = sr__tty_init(s, &inited); break;
   }
   if (err < 0 && inited) {
     /* the handle is in the loop already: close it the libuv way, so its
@@ -407,11 +427,7 @@ static sr_socket *sr_socket_make(sr_loop *lp, sr_kind kind, int family,
     *errp = err;
     return NULL;
   }
-  if (kind == SR_TTY) {
-    s->h.handle.data = s;
-    s->polled = 1;
-    uv_unref(&s->h.handle); /* see sr__socket_update_ref */
-  }
+  if (kind == SR_TTY) sr_socket_handle_made(s);
   lp->nsockets++;
   return s;
 }
@@ -730,16 +746,19 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
                    SOCK_NONBLOCK | SOCK_CLOEXEC);
     while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
     if (fd >= 0) {
-      sr_socket *c = sr_socket_make(sr_socket_loop(s), s->kind, s->family, fd, &err);
+      sr_socket *c =
+          sr_socket_make(sr_socket_loop(s), s->kind, s->family, fd, &err);
       if (c == NULL) return sr__fail(L, err);
       *slot = c;
       c->connected = 1;
       c->read_now = 1;
       return 1 + sr__push_addr(L, (struct sockaddr *)&ss, len);
     }
+    err = errno == EWOULDBLOCK ? 0 : -errno; /* (EAGAIN: none pending) */
     lua_pop(L, 1);
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return sr__fail(L, -errno);
-    if (!fresh && sr__timedout(sr_socket_loop(s))) return sr__fail(L, UV_ETIMEDOUT);
+    if (err < 0) return sr__fail(L, err);
+    if (!fresh && sr__timedout(sr_socket_loop(s)))
+      return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_socket_accept_k);
     fresh = 0;
   }

@@ -43,22 +43,15 @@ static void sr_stream_poll_cb(uv_poll_t *h, int status, int events);
 /*
 ** Watch for what s needs: readable while reading (draining, for a closed
 ** socket), or while a task waits to accept; writable while connecting, or
-** while writes wait for the kernel. Every change costs libuv an epoll_ctl
-** or two, and it changes only as those do. Returns 0 or a UV_E* error.
+** while writes wait for the kernel. It changes only as those do. Returns
+** 0 or a UV_E* error.
 */
 int sr__stream_watch(sr_socket *s) {
-  int want = 0, err;
-  if (s->closing || s->kind == SR_TTY) return 0;
+  int want = 0;
+  if (s->kind == SR_TTY) return 0;
   if (s->listening ? s->reader != NULL : s->reading) want |= UV_READABLE;
   if (s->connect_status == 1 || s->nwrites > 0) want |= UV_WRITABLE;
-  if (want == s->poll_events) return 0;
-  if ((err = sr__socket_handle(s)) < 0) return err;
-  if (want != 0)
-    err = uv_poll_start(&s->h.poll, want, sr_stream_poll_cb);
-  else
-    err = uv_poll_stop(&s->h.poll);
-  if (err == 0) s->poll_events = (uint8_t)want;
-  return err;
+  return sr__socket_poll(s, want, sr_stream_poll_cb);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -67,12 +60,11 @@ int sr__stream_watch(sr_socket *s) {
 /* (standard input: libuv reads it) */
 static void sr_stream_alloc_cb(uv_handle_t *h, size_t suggested,
                                uv_buf_t *buf) {
-  sr_socket *s = h->data;
+  sr_loop *lp = sr_socket_loop((sr_socket *)h->data);
   (void)suggested;
-  if (sr_socket_loop(s)->lent != NULL) /* lent by sr_stream_read_now, say */
-    sr__stream_reclaim(sr_socket_loop(s));
-  buf->base = sr_socket_loop(s)->rbuf;
-  buf->len = sizeof sr_socket_loop(s)->rbuf;
+  if (lp->lent != NULL) sr__stream_reclaim(lp); /* lent by read_now, say */
+  buf->base = lp->rbuf;
+  buf->len = sizeof lp->rbuf;
 }
 
 /* Append to the socket's unread bytes, growing or compacting the buffer. */

@@ -233,20 +233,20 @@ int sr__wait(lua_State *L, sr_task *t, double timeout, int fresh,
     ** say) is none: the wait lasts until woken. */
     double ms = timeout * 1000.0 + 0.5;
     t->has_deadline = timeout >= 0 && ms < SR_FOREVER_MS;
-    if (t->has_deadline) {
-      if (sr_task_timer_of(t) == NULL) {
-        t->has_deadline = 0;
-        sr_task_detach(t);
-        luaL_error(L, "cannot arm a timer: %s", uv_strerror(UV_ENOMEM));
-      }
+    /* (the deadline is kept in the timer block: none, none to keep) */
+    if (t->has_deadline && sr_task_timer_of(t) != NULL)
       t->timer->deadline = sr_clock_now(lp) + (uint64_t)ms;
-    }
   }
   t->wake = 0;
-  if (t->has_deadline) { /* (so t has its timer block) */
-    uint64_t now = uv_now(&lp->uv), deadline = t->timer->deadline;
-    int err = sr_task_arm(t, deadline > now ? deadline - now : 0);
+  if (t->has_deadline) {
+    uint64_t now = uv_now(&lp->uv);
+    int err = UV_ENOMEM;
+    if (t->timer != NULL) {
+      uint64_t deadline = t->timer->deadline;
+      err = sr_task_arm(t, deadline > now ? deadline - now : 0);
+    }
     if (err < 0) {
+      t->has_deadline = 0;
       sr_task_detach(t);
       luaL_error(L, "cannot arm a timer: %s", uv_strerror(err));
     }

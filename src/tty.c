@@ -48,9 +48,9 @@ static void sr_tty_reset_at_exit(void) {
 /* Set up s (kind SR_TTY) over descriptor 0. A regular file or anything
 ** else epoll cannot watch is refused before a handle exists; *inited says
 ** when one does (then the caller closes it on failure). */
-int sr__tty_init(sr_socket *s, sr_loop *lp, int *inited) {
+int sr__tty_init(sr_socket *s, int *inited) {
   static int at_exit;
-  uv_loop_t *loop = &lp->uv;
+  uv_loop_t *loop = &sr_socket_loop(s)->uv;
   int err;
   if (sr_stdin_flags < 0) sr_stdin_flags = fcntl(STDIN_FILENO, F_GETFL);
   if (!at_exit) at_exit = atexit(sr_tty_reset_at_exit) == 0;
