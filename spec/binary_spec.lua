@@ -749,3 +749,31 @@ describe("the binary's Lua allocator", function()
     ]]))
   end)
 end)
+
+describe("the binary's garbage collector", function()
+  it("runs in generational mode, as lua5.4's does, and can switch back",
+     function()
+    assert_prints("generational\tincremental\n", H.run_script([[
+      print(collectgarbage("incremental"), collectgarbage("generational"))
+    ]]))
+  end)
+
+  it("closes the descriptors of sockets dropped unclosed, with no " ..
+     "explicit collection", function()
+    assert_prints("ok\n", H.run_script([[
+      local sr = require "sockrun"
+      local function fds() -- (the shell's parent is this process)
+        local n = 0
+        for _ in io.popen("ls /proc/$PPID/fd"):lines() do
+          n = n + 1
+        end
+        return n
+      end
+      local before = fds()
+      for _ = 1, 20000 do assert(sr.socket("inet", "stream")) end
+      local after = fds()
+      assert(after - before < 2000, before .. " -> " .. after)
+      print("ok")
+    ]]))
+  end)
+end)
