@@ -140,6 +140,7 @@ struct sr_loop {
   int nsockets;      /* socket structs not yet freed */
   int nflushing;     /* sockets closed with writes still going out */
   int ntasks;        /* tasks started and not finished */
+  uint64_t futile;   /* loop time a collection freed no descriptor */
   char rbuf[SR_READ_CHUNK]; /* every stream read lands here first */
 };
 

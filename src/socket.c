@@ -432,6 +432,29 @@ static sr_socket *sr_socket_make(sr_loop *lp, sr_kind kind, int family,
   return s;
 }
 
+/*
+** Out of descriptors (EMFILE, ENFILE): sockets dropped unclosed may hold
+** them until the collector finalizes them, and the collector sees only
+** their small userdata, so it may be far behind. Collect in full and say
+** whether to try again: not for a second after a collection that freed
+** none (a server at its limit with live connections retries its accept
+** every 50 ms). Inside a finalizer lua_gc does nothing and answers -1.
+*/
+static int sr_reclaim_fds(lua_State *L, sr_loop *lp, int err) {
+  if ((err != UV_EMFILE && err != UV_ENFILE) ||
+      (lp->futile != 0 && uv_now(&lp->uv) - lp->futile < 1000))
+    return 0;
+  return lua_gc(L, LUA_GCCOLLECT) >= 0;
+}
+
+/* The try after that collection failed with err. */
+static void sr_reclaim_failed(sr_loop *lp, int err) {
+  if (err == UV_EMFILE || err == UV_ENFILE) {
+    uint64_t now = uv_now(&lp->uv);
+    lp->futile = now != 0 ? now : 1;
+  }
+}
+
 /* New socket object at the top of the stack, and its struct; NULL (the
 ** object closed) with *errp set on failure. */
 static sr_socket *sr_socket_push(lua_State *L, sr_loop *lp, sr_kind kind,
@@ -445,6 +468,7 @@ static int sr_socket_new(lua_State *L) {
   sr_loop *lp = sr_getloop(L);
   int family = sr__check_family(L, 1);
   int type, err = 0;
+  sr_kind kind;
   lua_Integer proto = luaL_optinteger(L, 3, 0);
   if (lua_type(L, 2) == LUA_TNUMBER) {
     lua_Integer t = lua_tointeger(L, 2);
@@ -459,12 +483,15 @@ static int sr_socket_new(lua_State *L) {
           (family != AF_UNIX && type == SOCK_STREAM && proto == IPPROTO_TCP) ||
           (family != AF_UNIX && type == SOCK_DGRAM && proto == IPPROTO_UDP),
       3, "unsupported protocol");
-  if (sr_socket_push(L, lp,
-                     type == SOCK_DGRAM  ? SR_DGRAM
-                     : family == AF_UNIX ? SR_PIPE
-                                         : SR_TCP,
-                     family, &err) == NULL)
-    return sr__fail(L, err);
+  kind = type == SOCK_DGRAM ? SR_DGRAM : family == AF_UNIX ? SR_PIPE : SR_TCP;
+  if (sr_socket_push(L, lp, kind, family, &err) == NULL) {
+    if (!sr_reclaim_fds(L, lp, err)) return sr__fail(L, err);
+    lua_pop(L, 1);
+    if (sr_socket_push(L, lp, kind, family, &err) == NULL) {
+      sr_reclaim_failed(lp, err);
+      return sr__fail(L, err);
+    }
+  }
   return 1;
 }
 
@@ -732,7 +759,7 @@ static int sr_socket_listen(lua_State *L) {
 ** peer's address. The socket object is made first, since making it may
 ** raise, and an accepted descriptor must not be lost then. */
 static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
-  int fresh = (status == LUA_OK);
+  int fresh = (status == LUA_OK), reclaimed = 0;
   for (;;) {
     sr_socket *s = sr__check_socket(L, 1), **slot;
     struct sockaddr_storage ss;
@@ -756,7 +783,15 @@ static int sr_socket_accept_k(lua_State *L, int status, lua_KContext ctx) {
     }
     err = errno == EWOULDBLOCK ? 0 : -errno; /* (EAGAIN: none pending) */
     lua_pop(L, 1);
-    if (err < 0) return sr__fail(L, err);
+    if (err < 0 && !reclaimed &&
+        sr_reclaim_fds(L, sr_socket_loop(s), err)) {
+      reclaimed = 1;
+      continue; /* (the collection may have closed s: checked again) */
+    }
+    if (err < 0) {
+      if (reclaimed) sr_reclaim_failed(sr_socket_loop(s), err);
+      return sr__fail(L, err);
+    }
     if (!fresh && sr__timedout(sr_socket_loop(s)))
       return sr__fail(L, UV_ETIMEDOUT);
     sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, ctx, sr_socket_accept_k);
