@@ -264,6 +264,7 @@ void sr__socket_close(sr_socket *s) {
     }
     sr__socket_update_ref(s); /* a flush keeps the loop alive */
     sr__stream_linger(s);     /* and stream.c ends it */
+    sr__stream_watch(s);      /* (the release left the poll as it was) */
     return;
   }
   sr_socket_uv_close(s);

@@ -45,11 +45,18 @@ static void sr_stream_poll_cb(uv_poll_t *h, int status, int events);
 ** socket), or while a task waits to accept; writable while connecting, or
 ** while writes wait for the kernel. It changes only as those do. Returns
 ** 0 or a UV_E* error.
+**
+** A listener stays watched after the accepting task is woken: that task
+** usually accepts until none is left and waits again, and a stop and a
+** start would cost two epoll_ctl calls per wait. It stops when a
+** connection comes with nobody waiting (sr_stream_poll_cb).
 */
 int sr__stream_watch(sr_socket *s) {
   int want = 0;
   if (s->kind == SR_TTY) return 0;
-  if (s->listening ? s->reader != NULL : s->reading) want |= UV_READABLE;
+  if (s->listening ? s->reader != NULL || (s->poll_events & UV_READABLE)
+                   : s->reading)
+    want |= UV_READABLE;
   if (s->connect_status == 1 || s->nwrites > 0) want |= UV_WRITABLE;
   return sr__socket_poll(s, want, sr_stream_poll_cb);
 }
@@ -264,7 +271,12 @@ int sr__stream_unread(sr_socket *s) {
 /* The socket is being closed by the script: stop reading, free unread. */
 void sr__stream_release(sr_socket *s) {
   sr__stream_flush(s); /* gathered bytes still go, as queued ones do */
-  sr_stream_stop(s);
+  /* The poll is left as it is: closing the handle stops it, and a linger
+  ** watches anew (sr__socket_close), so it costs no epoll_ctl of its own. */
+  if (s->kind == SR_TTY)
+    sr_stream_stop(s);
+  else
+    s->reading = 0;
   if (!s->borrowed) free(s->buf);
   s->borrowed = 0;
   s->buf = NULL;
@@ -1019,6 +1031,10 @@ static void sr_stream_poll_cb(uv_poll_t *h, int status, int events) {
     events = UV_READABLE | UV_WRITABLE;
   }
   if (s->listening) {
+    if (s->reader == NULL) { /* nobody accepting: until one waits */
+      sr__socket_poll(s, 0, sr_stream_poll_cb);
+      return;
+    }
     if (events & UV_READABLE) sr__socket_wake(&s->reader, 0);
   } else {
     if (events & UV_WRITABLE) {
