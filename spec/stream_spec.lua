@@ -502,6 +502,64 @@ describe("the first read of an accepted connection", function()
 end)
 
 -- ------------------------------------------------------------------------
+describe("connections accepted one after another", function()
+  -- A connection closed after its first read had to wait leaves its libuv
+  -- handle for the next connection on the same descriptor number
+  -- (socket.c, kept handles); each must still get its own bytes only.
+  it("each get their own bytes, many clients reconnecting at once", function()
+    local srv, port = H.server(function(conn)
+      local line = conn:read("l")
+      if line then conn:write(line, "\n") end
+    end)
+    local clients, replies = {}, {}
+    for i = 1, 20 do
+      clients[i] = sr.spawn(function()
+        for j = 1, 15 do
+          local c, err, code = sr.connect("127.0.0.1", port)
+          if not c then error(tostring(err) .. " " .. tostring(code)) end
+          sr.sleep(0.002) -- the server's first read finds nothing yet
+          local msg = i .. "." .. j
+          assert(c:write(msg, "\n"))
+          local ok = c:read("l") == msg -- (then the index: others ran)
+          replies[#replies + 1] = ok
+          c:close()
+        end
+        return true
+      end)
+    end
+    for i = 1, 20 do assert(clients[i]:join(20)) end
+    assert.equal(300, #replies)
+    for k = 1, 300 do assert.is_true(replies[k]) end
+    srv:close()
+  end)
+
+  it("serve a connection on a number a connect took in between", function()
+    local srv, port = H.server(function(conn)
+      for line in conn:lines() do conn:write(line, "\n") end
+    end)
+    for round = 1, 30 do
+      local a = assert(sr.connect("127.0.0.1", port))
+      sr.sleep(0.002)
+      assert(a:write("a", round, "\n"))
+      assert.equal("a" .. round, a:read("l"))
+      a:close()
+      sr.sleep(0.005) -- the server's side closes, its handle kept
+      -- a client and a server-side connection now take those numbers
+      -- in the other order
+      local b = assert(sr.connect("127.0.0.1", port))
+      local c = assert(sr.connect("127.0.0.1", port))
+      sr.sleep(0.002)
+      assert(c:write("c", round, "\n"))
+      assert(b:write("b", round, "\n"))
+      assert.equal("b" .. round, b:read("l"))
+      assert.equal("c" .. round, c:read("l"))
+      b:close()
+      c:close()
+    end
+    srv:close()
+  end)
+end)
+
 
 describe("s:lines", function()
   it("iterates over lines until end of file", on_pair("tcp", function(c, a)

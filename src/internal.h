@@ -127,6 +127,9 @@ struct sr_loop {
   int stop_with_main;   /* a stop ended its sr.run: stop when it ends */
   sr_sockets dirty;    /* sockets with gathered bytes (sr__loop_flush) */
   sr_sockets unpolled; /* closed ones that never had a handle, to free */
+  sr_sockets retired;  /* closed ones whose handle is kept, to release */
+  sr_socket **kept;    /* kept handles by descriptor number (socket.c) */
+  int nkept, keptcap;
   uv_check_t reap;     /* which it does, after the poll */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
@@ -200,6 +203,7 @@ struct sr_socket {
   unsigned unread_only : 1; /* lingering for bytes unread alone (socket.c) */
   unsigned read_now : 1;  /* accepted, not read yet (sr_stream_read_now) */
   unsigned polled : 1;    /* the handle is made (sr__socket_handle) */
+  unsigned kept_ready : 1; /* closed, its handle kept for reuse (socket.c) */
   union {                 /* last: see above */
     uv_handle_t handle;
     uv_poll_t poll;       /* sockets */
@@ -303,6 +307,7 @@ void sr__sockets_remove(sr_sockets *l, sr_socket *s);
 int sr__socket_handle(sr_socket *s);
 int sr__socket_poll(sr_socket *s, int want, uv_poll_cb cb);
 void sr__socket_reap(sr_loop *lp);
+void sr__socket_drop_kept(sr_loop *lp);
 void sr__socket_loop_init(sr_loop *lp);
 
 /* stream.c; the buffer and framing functions are also what the fuzz

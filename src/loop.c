@@ -201,6 +201,7 @@ static int sr_loop_gc(lua_State *L) {
   lp->L = NULL; /* from here on no callback may touch Lua */
   uv_tty_reset_mode(); /* a REPL may have left the terminal raw */
   sr__tty_forget(lp);
+  sr__socket_drop_kept(lp); /* (their handles are closing: the walk skips) */
   pass = 1;
   uv_walk(&lp->uv, sr_teardown_walk_cb, &pass);
   pass = 2;

@@ -26,7 +26,7 @@
 ** the userdata is collected). Closing sets that pointer to NULL first, so
 ** every later call on the object sees a closed socket (EBADF).
 */
-static void sr_socket_free(sr_socket *s) {
+static void sr_socket_release(sr_socket *s) {
   sr_loop *lp = sr_socket_loop(s);
   lp->nsockets--;
   /* the loop's read buffer may still be lent to it (stream.c): a released
@@ -37,18 +37,110 @@ static void sr_socket_free(sr_socket *s) {
   sr__stream_free_queue(s); /* (at teardown: what a linger had left) */
   if (s->extra != NULL) free(s->extra->path);
   free(s->extra);
+}
+
+static void sr_socket_free(sr_socket *s) {
+  sr_socket_release(s);
   free(s);
 }
 
 void sr__socket_close_cb(uv_handle_t *h) { sr_socket_free(h->data); }
 
+/* (a kept handle's socket was released when it was kept) */
+static void sr_kept_close_cb(uv_handle_t *h) { free(h->data); }
+
+/*
+** Kept handles. uv_poll_init costs three syscalls (an epoll_ctl ADD and
+** DEL that check the descriptor, an ioctl that makes it non-blocking, as
+** accept4 has made it already). A connection closed with a handle
+** therefore keeps its struct, the handle stopped, for the next connection
+** accepted on the same descriptor number: the kernel hands out the lowest
+** free one, so a server that accepts and closes reuses a few numbers.
+**
+** A kept handle is never closed while the loop runs: libuv's stop and
+** close do an epoll_ctl DEL on its number, which may be another live
+** socket's by then (at teardown all go). So a number has one kept handle
+** at most, taken at close while its descriptor is still open; a socket
+** closed while its number's slot is full closes its handle as usual. The
+** struct is reused only after the loop's next poll (sr__socket_reap),
+** when no call that had the closed socket in hand is still running.
+*/
+static void sr_socket_reap_cb(uv_check_t *c);
+
+#define SR_KEPT_MAX 256     /* handles kept at most */
+#define SR_KEPT_FD_MAX 4096 /* for descriptor numbers below this */
+
+/* Keep the handle of s, being closed, for its descriptor number (still
+** open); or 0. */
+static int sr_socket_keep(sr_loop *lp, sr_socket *s) {
+  int fd = s->fd;
+  if ((s->kind != SR_TCP && s->kind != SR_PIPE) || s->listening || fd < 0 ||
+      fd >= SR_KEPT_FD_MAX || lp->nkept >= SR_KEPT_MAX ||
+      lp->L == NULL) /* tearing down: sr__socket_drop_kept has run */
+    return 0;
+  if (fd >= lp->keptcap) {
+    int cap = lp->keptcap > 0 ? lp->keptcap : 64;
+    sr_socket **v;
+    while (cap <= fd) cap *= 2;
+    if ((v = realloc(lp->kept, sizeof *v * (size_t)cap)) == NULL) return 0;
+    memset(v + lp->keptcap, 0, sizeof *v * (size_t)(cap - lp->keptcap));
+    lp->kept = v;
+    lp->keptcap = cap;
+  }
+  if (lp->kept[fd] != NULL || sr__sockets_add(&lp->retired, s) < 0)
+    return 0;
+  lp->kept[fd] = s;
+  lp->nkept++;
+  if (uv_is_active(&s->h.handle)) uv_poll_stop(&s->h.poll); /* fd open */
+  uv_unref(&s->h.handle); /* as a new handle is (sr_socket_handle_made) */
+  uv_check_start(&lp->reap, sr_socket_reap_cb);
+  return 1;
+}
+
+/* The struct kept for descriptor fd, made a new socket; or NULL. */
+static sr_socket *sr_socket_take_kept(sr_loop *lp, int fd) {
+  sr_socket *s;
+  if (fd >= lp->keptcap || (s = lp->kept[fd]) == NULL || !s->kept_ready)
+    return NULL;
+  lp->kept[fd] = NULL;
+  lp->nkept--;
+  memset(s, 0, offsetof(sr_socket, h)); /* all but the handle */
+  s->fd = fd;
+  s->polled = 1;
+  return s;
+}
+
+/* Release what the sockets closed since the last poll held. */
+static void sr_socket_retire(sr_loop *lp) {
+  while (lp->retired.n > 0) {
+    sr_socket *s = lp->retired.v[--lp->retired.n];
+    sr_socket_release(s);
+    s->kept_ready = 1;
+  }
+}
+
+/* At teardown, before the loop's handles are closed: the kept ones. */
+void sr__socket_drop_kept(sr_loop *lp) {
+  int fd;
+  sr_socket_retire(lp);
+  for (fd = 0; fd < lp->keptcap; fd++)
+    if (lp->kept[fd] != NULL)
+      uv_close(&lp->kept[fd]->h.handle, sr_kept_close_cb);
+  free(lp->kept);
+  free(lp->retired.v);
+  lp->kept = NULL;
+  lp->retired.v = NULL;
+  lp->keptcap = lp->nkept = lp->retired.cap = 0;
+}
+
 /*
 ** A connection that never had a handle (sr__socket_handle) has no close
 ** callback: it is freed after the loop's next poll, when no call that had
-** it in hand is still running, or at teardown.
+** it in hand is still running, or at teardown. Retired ones are kept then.
 */
 void sr__socket_reap(sr_loop *lp) {
   while (lp->unpolled.n > 0) sr_socket_free(lp->unpolled.v[--lp->unpolled.n]);
+  sr_socket_retire(lp);
   uv_check_stop(&lp->reap);
 }
 
@@ -187,7 +279,8 @@ static void sr_socket_uv_close(sr_socket *s) {
       return;
     }
   }
-  uv_close(&s->h.handle, sr__socket_close_cb); /* which stops the poll */
+  if (!sr_socket_keep(sr_socket_loop(s), s))
+    uv_close(&s->h.handle, sr__socket_close_cb); /* which stops the poll */
   close(s->fd); /* uv_poll does not own the descriptor */
 }
 
@@ -388,9 +481,16 @@ static sr_socket **sr_socket_push_box(lua_State *L) {
 */
 static sr_socket *sr_socket_make(sr_loop *lp, sr_kind kind, int family,
                                  int fd, int *errp) {
-  sr_socket *s = calloc(1, sr_socket_size(kind));
+  sr_socket *s = fd >= 0 ? sr_socket_take_kept(lp, fd) : NULL;
   int err = 0, inited = 0; /* inited: a tty handle registered, even if err */
   int accepted = fd >= 0;
+  if (s != NULL) { /* with a handle already, stopped */
+    s->kind = kind;
+    s->family = family;
+    lp->nsockets++;
+    return s;
+  }
+  s = calloc(1, sr_socket_size(kind));
   if (s == NULL) {
     if (accepted) close(fd);
     *errp = UV_ENOMEM;
