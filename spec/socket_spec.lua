@@ -787,6 +787,21 @@ end)
 -- ------------------------------------------------------------------------
 
 describe("s:close", function()
+  it("frees the socket at the next step, with nothing else for the loop",
+    function()
+      -- (a stream socket's handle may be kept for a later accept; its
+      -- memory and count go at the loop's next turn all the same)
+      for _, make in ipairs {
+        function() return sr.socket("inet", "stream") end,
+        function() return sr.socket("unix", "stream") end,
+      } do
+        local s = assert(make())
+        s:close()
+        sr.step()
+        assert.equal(0, (sr._core.counts()))
+      end
+    end)
+
   it("returns true and is idempotent", function()
     local s = assert(sr.socket("inet", "stream"))
     assert.is_true(s:close())

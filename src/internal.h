@@ -130,7 +130,8 @@ struct sr_loop {
   sr_sockets retired;  /* closed ones whose handle is kept, to release */
   sr_socket **kept;    /* kept handles by descriptor number (socket.c) */
   int nkept, keptcap;
-  uv_check_t reap;     /* which it does, after the poll */
+  uv_check_t reap;     /* which it does, after the poll, */
+  uv_idle_t reap_idle; /* which this makes come (sr__socket_reap_soon) */
   sr_socket *lent;   /* the reader reading rbuf in place (stream.c) */
   char *spare[SR_GATHER_SPARES]; /* gather buffers kept for reuse */
   int nspare;

@@ -182,7 +182,8 @@ static void sr_teardown_walk_cb(uv_handle_t *h, void *arg) {
     ** queue's idle handle and the reaper's check are part of the loop */
     sr_loop *lp = h->loop->data;
     int own = h == (uv_handle_t *)&lp->ready_idle ||
-              h == (uv_handle_t *)&lp->reap;
+              h == (uv_handle_t *)&lp->reap ||
+              h == (uv_handle_t *)&lp->reap_idle;
     uv_close(h, own ? NULL : sr__free_close_cb);
   }
 }

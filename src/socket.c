@@ -65,7 +65,7 @@ static void sr_kept_close_cb(uv_handle_t *h) { free(h->data); }
 ** struct is reused only after the loop's next poll (sr__socket_reap),
 ** when no call that had the closed socket in hand is still running.
 */
-static void sr_socket_reap_cb(uv_check_t *c);
+static void sr_socket_reap_soon(sr_loop *lp);
 
 #define SR_KEPT_MAX 256     /* handles kept at most */
 #define SR_KEPT_FD_MAX 4096 /* for descriptor numbers below this */
@@ -93,7 +93,7 @@ static int sr_socket_keep(sr_loop *lp, sr_socket *s) {
   lp->nkept++;
   if (uv_is_active(&s->h.handle)) uv_poll_stop(&s->h.poll); /* fd open */
   uv_unref(&s->h.handle); /* as a new handle is (sr_socket_handle_made) */
-  uv_check_start(&lp->reap, sr_socket_reap_cb);
+  sr_socket_reap_soon(lp);
   return 1;
 }
 
@@ -142,14 +142,26 @@ void sr__socket_reap(sr_loop *lp) {
   while (lp->unpolled.n > 0) sr_socket_free(lp->unpolled.v[--lp->unpolled.n]);
   sr_socket_retire(lp);
   uv_check_stop(&lp->reap);
+  uv_idle_stop(&lp->reap_idle);
 }
 
 static void sr_socket_reap_cb(uv_check_t *c) { sr__socket_reap(c->data); }
+static void sr_socket_reap_idle_cb(uv_idle_t *i) { (void)i; }
+
+/* Reap after the next poll, and have one come even if nothing else keeps
+** the loop alive (a socket closed outside sr.run, by a finalizer say), as
+** a closing handle would: the ref'd idle handle keeps the loop going
+** without blocking in the poll until the check has run. */
+static void sr_socket_reap_soon(sr_loop *lp) {
+  uv_check_start(&lp->reap, sr_socket_reap_cb);
+  uv_idle_start(&lp->reap_idle, sr_socket_reap_idle_cb);
+}
 
 void sr__socket_loop_init(sr_loop *lp) {
   uv_check_init(&lp->uv, &lp->reap);
   lp->reap.data = lp;
   uv_unref((uv_handle_t *)&lp->reap);
+  uv_idle_init(&lp->uv, &lp->reap_idle);
 }
 
 /* Add s to the list l (0, or UV_ENOMEM); take it off again. */
@@ -267,7 +279,7 @@ static void sr_socket_uv_close(sr_socket *s) {
   if (!s->polled) {
     sr_loop *lp = sr_socket_loop(s);
     if (sr__sockets_add(&lp->unpolled, s) == 0) {
-      uv_check_start(&lp->reap, sr_socket_reap_cb);
+      sr_socket_reap_soon(lp);
       close(s->fd);
       return;
     }

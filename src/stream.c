@@ -45,18 +45,11 @@ static void sr_stream_poll_cb(uv_poll_t *h, int status, int events);
 ** socket), or while a task waits to accept; writable while connecting, or
 ** while writes wait for the kernel. It changes only as those do. Returns
 ** 0 or a UV_E* error.
-**
-** A listener stays watched after the accepting task is woken: that task
-** usually accepts until none is left and waits again, and a stop and a
-** start would cost two epoll_ctl calls per wait. It stops when a
-** connection comes with nobody waiting (sr_stream_poll_cb).
 */
 int sr__stream_watch(sr_socket *s) {
   int want = 0;
   if (s->kind == SR_TTY) return 0;
-  if (s->listening ? s->reader != NULL || (s->poll_events & UV_READABLE)
-                   : s->reading)
-    want |= UV_READABLE;
+  if (s->listening ? s->reader != NULL : s->reading) want |= UV_READABLE;
   if (s->connect_status == 1 || s->nwrites > 0) want |= UV_WRITABLE;
   return sr__socket_poll(s, want, sr_stream_poll_cb);
 }
@@ -1031,10 +1024,6 @@ static void sr_stream_poll_cb(uv_poll_t *h, int status, int events) {
     events = UV_READABLE | UV_WRITABLE;
   }
   if (s->listening) {
-    if (s->reader == NULL) { /* nobody accepting: until one waits */
-      sr__socket_poll(s, 0, sr_stream_poll_cb);
-      return;
-    }
     if (events & UV_READABLE) sr__socket_wake(&s->reader, 0);
   } else {
     if (events & UV_WRITABLE) {
