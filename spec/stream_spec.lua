@@ -534,9 +534,7 @@ describe("connections accepted one after another", function()
   end)
 
   it("serve a connection on a number a connect took in between", function()
-    local srv, port = H.server(function(conn)
-      for line in conn:lines() do conn:write(line, "\n") end
-    end)
+    local srv, port = H.server(H.echo)
     for round = 1, 30 do
       local a = assert(sr.connect("127.0.0.1", port))
       sr.sleep(0.002)

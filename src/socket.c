@@ -97,15 +97,15 @@ static int sr_socket_keep(sr_loop *lp, sr_socket *s) {
   return 1;
 }
 
-/* The struct kept for descriptor fd, made a new socket; or NULL. */
+/* The struct kept for descriptor fd, cleared but for its handle (stopped,
+** made: polled), for sr_socket_make to fill in; or NULL. */
 static sr_socket *sr_socket_take_kept(sr_loop *lp, int fd) {
   sr_socket *s;
   if (fd >= lp->keptcap || (s = lp->kept[fd]) == NULL || !s->kept_ready)
     return NULL;
   lp->kept[fd] = NULL;
   lp->nkept--;
-  memset(s, 0, offsetof(sr_socket, h)); /* all but the handle */
-  s->fd = fd;
+  memset(s, 0, offsetof(sr_socket, h));
   s->polled = 1;
   return s;
 }
@@ -493,17 +493,11 @@ static sr_socket **sr_socket_push_box(lua_State *L) {
 */
 static sr_socket *sr_socket_make(sr_loop *lp, sr_kind kind, int family,
                                  int fd, int *errp) {
+  /* an accepted descriptor may find a handle kept for its number */
   sr_socket *s = fd >= 0 ? sr_socket_take_kept(lp, fd) : NULL;
   int err = 0, inited = 0; /* inited: a tty handle registered, even if err */
   int accepted = fd >= 0;
-  if (s != NULL) { /* with a handle already, stopped */
-    s->kind = kind;
-    s->family = family;
-    lp->nsockets++;
-    return s;
-  }
-  s = calloc(1, sr_socket_size(kind));
-  if (s == NULL) {
+  if (s == NULL && (s = calloc(1, sr_socket_size(kind))) == NULL) {
     if (accepted) close(fd);
     *errp = UV_ENOMEM;
     return NULL;
