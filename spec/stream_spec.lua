@@ -502,6 +502,57 @@ describe("the first read of an accepted connection", function()
 end)
 
 -- ------------------------------------------------------------------------
+describe("a peer that sends faster than its reader reads", function()
+  -- Each read then fills the loop's buffer, and the next one reads the
+  -- kernel at once rather than wait on the poller first; a few at most,
+  -- then the reader waits like any other and the other tasks run.
+  local FLOOD = [[
+    local sr = require "sockrun"
+    local c = assert(sr.connect("127.0.0.1", math.tointeger(arg[1])))
+    local block = string.rep("x", 65536)
+    for _ = 1, 512 do if not c:write(block) then break end end -- 32 MiB
+    c:close()
+  ]]
+
+  it("leaves the other tasks their turns while it keeps the reader busy",
+    function()
+      -- a receive window of a few blocks, so the kernel holds more than
+      -- a buffer's worth each time the reader comes back
+      local l = assert(sr.socket("inet", "stream"))
+      H.defer(function() l:close() end)
+      assert(l:setsockopt("rcvbuf", 1024 * 1024))
+      assert(l:bind("127.0.0.1", 0))
+      assert(l:listen())
+      H.spawn_script(FLOOD, tostring(select(2, l:getsockname())))
+      local a = assert(l:accept())
+      H.defer(function() a:close() end)
+      a:settimeout(20)
+      local ticks, ticking = 0, true
+      local ticker = sr.spawn(function()
+        while ticking do sr.sleep(0.002); ticks = ticks + 1 end
+      end)
+      local got, full, at_1, at_31 = 0, 0, nil, nil
+      while true do
+        local data = a:read() -- whatever has come, up to a buffer's worth
+        if not data then break end
+        got = got + #data
+        if #data == 65536 then full = full + 1 end
+        if got >= MiB and not at_1 then at_1 = ticks end
+        if got >= 31 * MiB and not at_31 then at_31 = ticks end
+        local t = os.clock() + 0.0002 -- slower than the sender
+        while os.clock() < t do end
+      end
+      ticking = false
+      ticker:join(5)
+      assert.equal(32 * MiB, got)
+      assert.is_true(full >= 256, "reads that filled the buffer: " .. full)
+      -- 30 MiB at >= 0.2 ms per 64 KiB is >= 96 ms: some 48 ticks when
+      -- the ticker gets its turns, none when the reader never waits
+      assert.is_true(at_31 - at_1 >= 10, "ticks: " .. (at_31 - at_1))
+    end)
+end)
+
+-- ------------------------------------------------------------------------
 describe("connections accepted one after another", function()
   -- A connection closed after its first read had to wait leaves its libuv
   -- handle for the next connection on the same descriptor number

@@ -49,6 +49,9 @@
 #define SR_CLOSE_DRAIN_MAX (1024 * 1024)
 /* Size of the loop-wide buffer every stream read lands in first. */
 #define SR_READ_CHUNK (64 * 1024)
+/* Reads a reader makes at once while each fills that buffer, before it
+** waits on the poller like any other (fits read_ahead's 3 bits). */
+#define SR_READ_AHEAD_MAX 7
 
 typedef struct sr_loop sr_loop;
 typedef struct sr_task sr_task;
@@ -202,7 +205,8 @@ struct sr_socket {
   unsigned fin_sent : 1;  /* the shutdown() (FIN) after the writes is done */
   unsigned abortive : 1;  /* linger 0: close resets, lingers for nothing */
   unsigned unread_only : 1; /* lingering for bytes unread alone (socket.c) */
-  unsigned read_now : 1;  /* accepted, not read yet (sr_stream_read_now) */
+  unsigned read_now : 1;  /* a read(2) will likely find bytes (stream.c) */
+  unsigned read_ahead : 3; /* read_now reads since the reader last waited */
   unsigned polled : 1;    /* the handle is made (sr__socket_handle) */
   unsigned kept_ready : 1; /* closed, its handle kept for reuse (socket.c) */
   union {                 /* last: see above */

@@ -199,6 +199,8 @@ static ssize_t sr_stream_read_fd(sr_socket *s) {
   do
     n = read(s->fd, lp->rbuf, sizeof lp->rbuf);
   while (n < 0 && errno == EINTR);
+  /* a full buffer left more behind, likely: see sr_stream_read_now */
+  s->read_now = n == (ssize_t)sizeof lp->rbuf;
   if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
   return n == 0 ? UV_EOF : n;
 }
@@ -221,17 +223,19 @@ void sr__stream_reclaim(sr_loop *lp) {
 }
 
 /*
-** A connection just accepted usually has its first request waiting
-** already: read it at once, rather than watch the descriptor and come
-** back after a turn of the loop. A server that answers and closes then
-** never registers the connection with the poller at all. Called by the
-** first read that found nothing buffered, so the socket is neither at EOF
-** nor reading in the background yet. Returns whether the read brought
+** A read(2) that will likely find bytes, made before waiting on the
+** poller (s->read_now). A connection just accepted usually has its first
+** request waiting already: read it at once, rather than watch the
+** descriptor and come back after a turn of the loop; a server that answers
+** and closes then never registers the connection with the poller at all.
+** And a read that filled the loop's buffer left more behind, as a bulk
+** transfer does each time: the next read takes it without an epoll_wait
+** first (libuv's own reads go on while they fill the buffer). Called by a
+** read that found too little buffered. Returns whether the read brought
 ** anything (bytes, EOF or an error).
 */
 static int sr_stream_read_now(sr_socket *s) {
   ssize_t n;
-  s->read_now = 0;
   if ((n = sr_stream_read_fd(s)) == 0) return 0;
   sr_stream_received(s, n, 1);
   return 1;
@@ -535,7 +539,14 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
     while ((n = sr__stream_try_read(L, s, fmt, count, keep)) == 0) {
       if (!fresh && sr__timedout(sr_socket_loop(s)))
         return done + sr__fail(L, UV_ETIMEDOUT);
-      if (s->read_now && sr_stream_read_now(s)) continue;
+      /* A few reads ahead at most, then a wait: the poller's turn lets
+      ** the other tasks run when this one's peer sends without end. */
+      if (s->read_now && s->read_ahead < SR_READ_AHEAD_MAX &&
+          sr_stream_read_now(s)) {
+        s->read_ahead++;
+        continue;
+      }
+      s->read_ahead = 0;
       sr__stream_start(s);
       if (s->rerr != 0) continue; /* could not start: report it */
       sr__socket_wait(L, s, &s->reader, SR_TREAD, fresh, done,
