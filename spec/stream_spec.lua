@@ -514,19 +514,28 @@ describe("a peer that sends faster than its reader reads", function()
     c:close()
   ]]
 
+  -- The accepted end of a connection from a process sending FLOOD; a
+  -- receive window of a few blocks, so that the kernel holds more than a
+  -- buffer's worth each time the reader comes back.
+  local function flooded()
+    local l = assert(sr.socket("inet", "stream"))
+    H.defer(function() l:close() end)
+    assert(l:setsockopt("rcvbuf", 1024 * 1024))
+    assert(l:bind("127.0.0.1", 0))
+    assert(l:listen())
+    H.spawn_script(FLOOD, tostring(select(2, l:getsockname())))
+    local a = assert(l:accept())
+    H.defer(function() a:close() end)
+    a:settimeout(20)
+    return a
+  end
+
+  -- Some CPU per block, without a wait: slower than the sender.
+  local function work() local t = os.clock() + 0.0002; repeat until os.clock() >= t end
+
   it("leaves the other tasks their turns while it keeps the reader busy",
     function()
-      -- a receive window of a few blocks, so the kernel holds more than
-      -- a buffer's worth each time the reader comes back
-      local l = assert(sr.socket("inet", "stream"))
-      H.defer(function() l:close() end)
-      assert(l:setsockopt("rcvbuf", 1024 * 1024))
-      assert(l:bind("127.0.0.1", 0))
-      assert(l:listen())
-      H.spawn_script(FLOOD, tostring(select(2, l:getsockname())))
-      local a = assert(l:accept())
-      H.defer(function() a:close() end)
-      a:settimeout(20)
+      local a = flooded()
       local ticks, ticking = 0, true
       local ticker = sr.spawn(function()
         while ticking do sr.sleep(0.002); ticks = ticks + 1 end
@@ -539,8 +548,7 @@ describe("a peer that sends faster than its reader reads", function()
         if #data == 65536 then full = full + 1 end
         if got >= MiB and not at_1 then at_1 = ticks end
         if got >= 31 * MiB and not at_31 then at_31 = ticks end
-        local t = os.clock() + 0.0002 -- slower than the sender
-        while os.clock() < t do end
+        work()
       end
       ticking = false
       ticker:join(5)
@@ -549,6 +557,26 @@ describe("a peer that sends faster than its reader reads", function()
       -- 30 MiB at >= 0.2 ms per 64 KiB is >= 96 ms: some 48 ticks when
       -- the ticker gets its turns, none when the reader never waits
       assert.is_true(at_31 - at_1 >= 10, "ticks: " .. (at_31 - at_1))
+    end)
+
+  it("tells a second reader the socket is busy between the reads ahead",
+    function()
+      local a = flooded()
+      local first = sr.spawn(function()
+        local got = 0
+        while true do
+          local data = a:read()
+          if not data then return got end
+          got = got + #data
+          work()
+        end
+      end)
+      for _ = 1, 5 do -- the first waits, for its turn: the bytes are its
+        sr.sleep(0.01)
+        H.raises(function() return a:read() end, "busy")
+        H.raises(function() return a:read(10) end, "busy")
+      end
+      assert.equal(32 * MiB, first:join(20))
     end)
 end)
 

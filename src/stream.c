@@ -540,9 +540,11 @@ static int sr_stream_read_from(lua_State *L, sr_socket *s, int done,
       if (!fresh && sr__timedout(sr_socket_loop(s)))
         return done + sr__fail(L, UV_ETIMEDOUT);
       /* A few reads ahead at most, then a wait: the poller's turn lets
-      ** the other tasks run when this one's peer sends without end. */
-      if (s->read_now && s->read_ahead < SR_READ_AHEAD_MAX &&
-          sr_stream_read_now(s)) {
+      ** the other tasks run when this one's peer sends without end. And
+      ** none while another reader waits (one that left read_now set):
+      ** the bytes are its, and this caller is told the socket is busy. */
+      if (s->read_now && s->reader == NULL &&
+          s->read_ahead < SR_READ_AHEAD_MAX && sr_stream_read_now(s)) {
         s->read_ahead++;
         continue;
       }
