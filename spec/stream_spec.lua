@@ -518,12 +518,9 @@ describe("a peer that sends faster than its reader reads", function()
   -- receive window of a few blocks, so that the kernel holds more than a
   -- buffer's worth each time the reader comes back.
   local function flooded()
-    local l = assert(sr.socket("inet", "stream"))
-    H.defer(function() l:close() end)
-    assert(l:setsockopt("rcvbuf", 1024 * 1024))
-    assert(l:bind("127.0.0.1", 0))
-    assert(l:listen())
-    H.spawn_script(FLOOD, tostring(select(2, l:getsockname())))
+    local l, port = H.listener()
+    assert(l:setsockopt("rcvbuf", MiB)) -- what an accept inherits
+    H.spawn_script(FLOOD, tostring(port))
     local a = assert(l:accept())
     H.defer(function() a:close() end)
     a:settimeout(20)
@@ -531,7 +528,10 @@ describe("a peer that sends faster than its reader reads", function()
   end
 
   -- Some CPU per block, without a wait: slower than the sender.
-  local function work() local t = os.clock() + 0.0002; repeat until os.clock() >= t end
+  local function work()
+    local t = os.clock() + 0.0002
+    repeat until os.clock() >= t
+  end
 
   it("leaves the other tasks their turns while it keeps the reader busy",
     function()
